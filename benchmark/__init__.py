@@ -1,0 +1,1 @@
+"""NormBench harness: configuration, jobs, evaluation engine and results."""

@@ -1,0 +1,119 @@
+"""Command line of NormBench (``python run_benchmark.py ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from benchmark.config import (
+    CONFIG_DIR,
+    ConfigError,
+    available,
+    find_config,
+    load_component,
+    load_trainer_profile,
+    load_yaml,
+)
+from benchmark.job import Job, is_finished, run_job
+from datamodules.errors import DataError
+
+SWEEP_KEYS = {"methods", "datasets", "seeds", "trainer"}
+
+
+def _job(method: str, dataset: str, trainer: str, seed: int) -> Job:
+    return Job(load_component("methods", method), load_component("datasets", dataset), load_trainer_profile(trainer),
+               seed)
+
+
+def _execute(job: Job, results_dir: Path, sweep: str, overwrite: bool, progress: bool) -> dict:
+    run_dir = job.run_dir(results_dir, sweep)
+    if is_finished(run_dir) and not overwrite:
+        print(f"[normbench] {run_dir} is finished; reusing its metrics.json (--overwrite to rerun)")
+        return json.loads((run_dir / "metrics.json").read_text())
+    if overwrite and (run_dir / "metrics.json").exists():
+        (run_dir / "metrics.json").unlink()
+    print(f"[normbench] {job.method.name} on {job.dataset.name}, seed {job.seed} -> {run_dir}")
+    return run_job(job, run_dir, progress=progress)
+
+
+def _summary(rows: list[dict]) -> str:
+    lines = [f"{'method':<12} {'test set':<10} {'pixel AUROC':>11} {'pixel AUPRC':>11} {'sample AUROC':>12}"]
+    for metrics in rows:
+        for name, m in metrics.get("test_sets", {}).items():
+            values = [m.get(k) for k in ("pixel_auroc", "pixel_auprc", "sample_auroc")]
+            cells = [f"{v:.4f}" if isinstance(v, float) and v == v else "n/a" for v in values]
+            lines.append(f"{metrics['method']:<12} {name:<10} {cells[0]:>11} {cells[1]:>11} {cells[2]:>12}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = _job(args.method, args.dataset, args.trainer, args.seed)
+    metrics = _execute(job, Path(args.results_dir), args.sweep, args.overwrite, not args.quiet)
+    print(_summary([metrics]))
+    print(f"[normbench] metrics: {job.run_dir(Path(args.results_dir), args.sweep) / 'metrics.json'}")
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    """The default benchmark: every method x dataset x seed of ``configs/sweeps/<sweep>.yaml``, one after another.
+
+    A failing job is reported and the others still run. (The resumable sweep runner with leaderboard and report
+    builds on this.)"""
+    path = find_config("sweeps", args.sweep_config)
+    sweep = load_yaml(path)
+    unknown = set(sweep) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(SWEEP_KEYS)}")
+    jobs = [_job(m, d, sweep.get("trainer", "cpu"), s)
+            for d in sweep["datasets"] for m in sweep["methods"] for s in sweep.get("seeds", [0])]
+    rows, failures = [], []
+    for job in jobs:
+        try:
+            rows.append(_execute(job, Path(args.results_dir), path.stem, args.overwrite, not args.quiet))
+        except Exception as error:  # one failing job never stops the rest
+            failures.append(f"{job.method.name}/{job.dataset.name}/seed_{job.seed}: {type(error).__name__}: {error}")
+            traceback.print_exc()
+    print(_summary(rows))
+    for failure in failures:
+        print(f"[normbench] FAILED {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for kind in ("methods", "datasets", "trainers", "sweeps"):
+        print(f"{kind}: {', '.join(available(kind)) or '-'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_benchmark.py", description=__doc__)
+    parser.add_argument("--results-dir", default="results", help="root folder of all results (default: results)")
+    parser.add_argument("--overwrite", action="store_true", help="rerun jobs whose metrics.json already exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--sweep-config", default="default", help="sweep run when no command is given")
+    parser.set_defaults(func=cmd_default)
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="train and evaluate one method on one dataset")
+    run.add_argument("--method", required=True, help=f"method name ({CONFIG_DIR / 'methods'}) or YAML path")
+    run.add_argument("--dataset", required=True, help=f"dataset name ({CONFIG_DIR / 'datasets'}) or YAML path")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--trainer", default="cpu", help="trainer profile (configs/trainers)")
+    run.add_argument("--sweep", default="adhoc", help="results go to RESULTS_DIR/SWEEP/runs/... (default: adhoc)")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("list", help="list methods, datasets, trainer profiles and sweeps").set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:  # global options may also follow the sub-command
+        args = parser.parse_args(rest, namespace=args)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

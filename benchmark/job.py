@@ -1,0 +1,159 @@
+"""One job = one method x dataset x seed: train, evaluate every test set, write the run folder.
+
+Run folder: ``config.yaml`` (resolved), ``checkpoints/`` (``last.ckpt`` + best on ``val/loss``),
+``tensorboard/`` (losses, validation metrics, image grids, histograms, hparams) and ``metrics.json``
+(written last and atomically, so its presence means the job finished).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from benchmark.callbacks import EvaluationCallback, ImageGridCallback
+from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
+from benchmark.io import write_json, write_yaml
+from datamodules.base import AnomalyDataModule
+from lightning_modules.base import AnomalyModule
+
+METRICS_SCHEMA = "normbench.metrics/1"
+MONITOR = "val/loss"
+
+
+@dataclass
+class Job:
+    """Everything that determines one run."""
+
+    method: ComponentConfig
+    dataset: ComponentConfig
+    profile: TrainerProfile
+    seed: int = 0
+
+    def run_dir(self, results_dir: Path, sweep: str) -> Path:
+        return Path(results_dir) / sweep / "runs" / self.dataset.name / self.method.name / f"seed_{self.seed}"
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("normbench", "torch", "pytorch-lightning", "torchmetrics", "monai", "numpy", "nibabel"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished when its metrics.json exists, parses and says so."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text()).get("status") == "completed"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _has_validation_loss(model: AnomalyModule) -> bool:
+    return type(model).validation_loss is not AnomalyModule.validation_loss
+
+
+def _build_trainer(job: Job, model: AnomalyModule, run_dir: Path, progress: bool) -> tuple[pl.Trainer, Any]:
+    evaluation = EvaluationCallback(job.method.name)
+    callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs)]
+    monitored = _has_validation_loss(model)
+    callbacks.append(ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+        monitor=MONITOR if monitored else None, mode="min", save_last=True, save_top_k=1,
+    ))
+    if monitored and job.profile.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=MONITOR, patience=job.profile.early_stopping_patience, mode="min"))
+    options = {**model.trainer_defaults, **job.profile.trainer}
+    if model.needs_input_gradients:
+        options["inference_mode"] = False  # gradient maps need autograd in validation / test
+    options.setdefault("enable_progress_bar", progress)
+    options.setdefault("enable_model_summary", False)
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+    return pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options), evaluation
+
+
+def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train (resuming from ``checkpoints/last.ckpt`` when present), test, and write ``metrics.json``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    pl.seed_everything(job.seed, workers=True)
+
+    datamodule = job.dataset.instantiate(progress=progress)
+    if not isinstance(datamodule, AnomalyDataModule):
+        raise ConfigError(f"{job.dataset.source}: {job.dataset.class_path} is not an AnomalyDataModule")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    channels, height, _ = datamodule.image_shape
+    links = {"image_size": height, "in_channels": channels}
+    data_time = time.perf_counter() - started
+
+    model = job.method.instantiate(**links)
+    if not isinstance(model, AnomalyModule):
+        raise ConfigError(f"{job.method.source}: {job.method.class_path} is not an AnomalyModule")
+    write_yaml(run_dir / "config.yaml", {
+        "method": {"name": job.method.name, **job.method.resolved(**links)},
+        "dataset": {"name": job.dataset.name, **job.dataset.resolved()},
+        "trainer_profile": {"name": job.profile.name, "trainer": job.profile.trainer,
+                            "early_stopping_patience": job.profile.early_stopping_patience},
+        "seed": job.seed,
+    })
+    trainer, evaluation = _build_trainer(job, model, run_dir, progress)
+
+    train_time, test_ckpt = 0.0, None
+    if model.requires_training:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        train_time = time.perf_counter() - t0
+        if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
+            test_ckpt = trainer.checkpoint_callback.best_model_path
+    t0 = time.perf_counter()
+    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    test_time = time.perf_counter() - t0
+
+    n_test = sum(r["n_slices"] for r in evaluation.results.values())
+    metrics = {
+        "schema": METRICS_SCHEMA,
+        "status": "completed",
+        "method": job.method.name,
+        "dataset": job.dataset.name,
+        "seed": job.seed,
+        "test_sets": evaluation.results,
+        "evaluation": {
+            "pixels": "roi only (background excluded)",
+            "checkpoint": Path(test_ckpt).name if test_ckpt else "final weights",
+            "sample_label": "slice with mask area >= min_lesion_pixels",
+        },
+        "run": {
+            "wall_time_s": time.perf_counter() - started,
+            "data_time_s": data_time,
+            "train_time_s": train_time,
+            "test_time_s": test_time,
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+            "n_parameters": model.num_parameters(),
+            "train_slices": len(datamodule.splits.train),
+            "inference_images_per_s": n_test / test_time if test_time > 0 else None,
+            "device": str(trainer.strategy.root_device),
+            "precision": str(trainer.precision),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": software_versions(),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,100 @@
+"""End to end on a tiny synthetic brain: the `run` command, the run folder, TensorBoard, resume, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from benchmark.cli import main
+
+TINY_DATA = {"n_train": 3, "n_val": 1, "n_test_healthy": 1, "n_test_per_lesion": 1, "n_unlabelled": 0,
+             "resolution_mm": 4.0, "image_size": 32, "batch_size": 16, "min_lesion_pixels": 3}
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    dataset = root / "tiny_brain.yaml"
+    dataset.write_text(yaml.safe_dump({"class_path": "datamodules.synthetic_brain.SyntheticBrainDataModule",
+                                       "init_args": {"data_root": str(root / "data"), **TINY_DATA}}))
+    trainer = root / "tiny_cpu.yaml"
+    trainer.write_text(yaml.safe_dump({"trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2,
+                                                   "log_every_n_steps": 1, "num_sanity_val_steps": 0},
+                                       "early_stopping_patience": 3, "image_grid_every_n_epochs": 1}))
+    return {"root": root, "dataset": dataset, "trainer": trainer, "results": root / "results"}
+
+
+def _run(configs, method: str, *extra: str) -> int:
+    return main(["run", "--method", method, "--dataset", str(configs["dataset"]), "--trainer",
+                 str(configs["trainer"]), "--results-dir", str(configs["results"]), "--quiet", *extra])
+
+
+def _run_dir(configs, method: str) -> Path:
+    return configs["results"] / "adhoc" / "runs" / "tiny_brain" / method / "seed_0"
+
+
+def test_run_writes_a_complete_run_folder(configs):
+    assert _run(configs, "ae") == 0
+    run = _run_dir(configs, "ae")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["method"] == "ae" and metrics["seed"] == 0
+    assert set(metrics["test_sets"]) == {"healthy", "tumor", "ms", "stroke"}
+    for kind in ("tumor", "stroke"):  # at 4 mm and 32 px the tiny MS lesions may vanish in the resize
+        result = metrics["test_sets"][kind]
+        assert result["n_lesion_pixels"] > 0
+        assert 0.0 <= result["pixel_auroc"] <= 1.0 and 0.0 <= result["pixel_auprc"] <= 1.0
+    healthy = metrics["test_sets"]["healthy"]
+    assert healthy["pixel_auroc"] is None and "no positive" in healthy["notes"]["pixel_auroc"]
+    assert metrics["run"]["n_parameters"] > 0 and metrics["run"]["epochs"] == 2
+    assert metrics["evaluation"]["checkpoint"].startswith("best-epoch")
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method"]["init_args"]["image_size"] == 32  # linked from the dataset
+    assert config["dataset"]["init_args"]["n_train"] == 3 and config["seed"] == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
+    assert {"train/loss", "val/loss", "test/tumor/pixel_auroc"} <= scalars
+    assert "val/input_reconstruction_map_mask" in images and "test/tumor/input_reconstruction_map_mask" in images
+    assert "val/anomaly_map_in_roi" in events.Tags()["histograms"]
+
+
+def test_finished_run_is_not_retrained_and_interrupted_run_resumes(configs, capsys):
+    run = _run_dir(configs, "ae")
+    before = (run / "metrics.json").stat().st_mtime_ns
+    assert _run(configs, "ae") == 0
+    assert "is finished" in capsys.readouterr().out
+    assert (run / "metrics.json").stat().st_mtime_ns == before
+
+    # an interrupted job (no metrics.json) continues from last.ckpt: two more epochs, not four
+    first = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    longer = configs["root"] / "tiny_cpu_4.yaml"
+    profile = yaml.safe_load(configs["trainer"].read_text())
+    profile["trainer"]["max_epochs"] = 4
+    longer.write_text(yaml.safe_dump(profile))
+    assert main(["run", "--method", "ae", "--dataset", str(configs["dataset"]), "--trainer", str(longer),
+                 "--results-dir", str(configs["results"]), "--quiet"]) == 0
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["run"]["epochs"] == 4
+    assert resumed["run"]["global_steps"] == 2 * first["run"]["global_steps"]
+
+
+def test_baselines_through_the_default_command(configs, capsys):
+    sweep = configs["root"] / "tiny_sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"methods": ["random", "intensity"], "datasets": [str(configs["dataset"])],
+                                     "seeds": [0], "trainer": str(configs["trainer"])}))
+    assert main(["--sweep-config", str(sweep), "--results-dir", str(configs["results"]), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "random" in out and "intensity" in out
+    folder = configs["results"] / "tiny_sweep" / "runs" / "tiny_brain"
+    random = json.loads((folder / "random" / "seed_0" / "metrics.json").read_text())
+    assert abs(random["test_sets"]["tumor"]["pixel_auroc"] - 0.5) < 0.05  # chance level
+    assert random["run"]["train_time_s"] == 0.0 and random["evaluation"]["checkpoint"] == "final weights"
+    intensity = json.loads((folder / "intensity" / "seed_0" / "metrics.json").read_text())
+    assert 0.0 <= intensity["test_sets"]["tumor"]["pixel_auroc"] <= 1.0
