@@ -90,7 +90,8 @@ class ScaleIntensityPercentilesInRoid(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         image, roi = d["image"], d["roi"] > 0
-        inside = image[roi.expand_as(image)].float()
+        inside = image.as_tensor()[roi.as_tensor().expand_as(image)].float() if isinstance(image, MetaTensor) \
+            else image[roi.expand_as(image)].float()
         if inside.numel() == 0:
             raise DataError(f"{self.source}: the roi is empty, so no intensities can be normalised; check the roi file")
         q = torch.tensor(self.percentiles, dtype=torch.float64) / 100.0
@@ -132,8 +133,9 @@ def load_volume(record: VolumeRecord) -> dict[str, MetaTensor]:
     if image.shape[0] != 1:
         raise DataError(f"image file {record.image} has {image.shape[0]} channels / frames; NormBench expects one 3D "
                         "volume per file (split multi-modal data into one column per modality)")
-    if not torch.isfinite(image).all():
-        n_bad = int((~torch.isfinite(image)).sum())
+    values = image.as_tensor()  # plain tensor: checks on a MetaTensor are many times slower
+    if not torch.isfinite(values).all():
+        n_bad = int((~torch.isfinite(values)).sum())
         raise DataError(f"image file {record.image} contains {n_bad} NaN/Inf voxels; fix or remove the file")
     data = {"image": image}
     for key, path in (("mask", record.mask), ("roi", record.roi)):
@@ -145,8 +147,9 @@ def load_volume(record: VolumeRecord) -> dict[str, MetaTensor]:
         if volume.shape != image.shape:
             raise DataError(f"{key} file {path} has shape {tuple(volume.shape[1:])} but image {record.image} has "
                             f"{tuple(image.shape[1:])}; they must be voxel-aligned")
-        if not ((volume == 0) | (volume == 1)).all():
-            values = torch.unique(volume)[:6].tolist()
+        labels = volume.as_tensor()
+        if not ((labels == 0) | (labels == 1)).all():
+            values = torch.unique(labels)[:6].tolist()
             raise DataError(f"{key} file {path} is not binary (values include {values}); masks must contain "
                             "only 0 and 1 (map label values to a binary mask first)")
         data[key] = volume

@@ -14,9 +14,10 @@ Faithful to the public reimplementation of the comparative study
 
 Anomaly map: residual ``|x - x_hat|`` (``residual="abs"``, GenAI convention). Baur's evaluation keeps only the
 positive residual (x - x_hat)+ for hyperintense FLAIR lesions: ``residual="positive"``. Score: mean of the map.
-Deviations (config choices): ``faithful_batchnorm=False`` uses PyTorch BN defaults; PyTorch pads a stride-2 'same'
-conv symmetrically (TF pads one more pixel at the bottom/right); the CPU profile's learning rate (see
-``configs/methods/ae.yaml``) is higher than the faithful 1e-4 because it trains for few epochs.
+Deviations: PyTorch pads a stride-2 'same' conv symmetrically (TF pads one more pixel at the bottom/right).
+Config choices of the default CPU configuration (``configs/methods/ae.yaml``, faithful values in its comments):
+half the channel widths (``base_channels=16``, ``max_channels=64``) and lr 1e-3 at batch 32, so that it trains in
+about two minutes on 2 CPU cores; ``faithful_batchnorm=False`` would use PyTorch's BN defaults.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 
 from lightning_modules.base import AnomalyModule, AnomalyOutput
 from lightning_modules.nets.conv import ConvDecoder, ConvEncoder, num_levels
+
+FAITHFUL_LEVELS_DIVISOR = 16  # 128 px -> 8 x 8 bottleneck: four stride-2 levels, kept at every image size
 
 
 def residual_map(image: Tensor, reconstruction: Tensor, kind: str) -> Tensor:
@@ -45,13 +48,17 @@ def residual_map(image: Tensor, reconstruction: Tensor, kind: str) -> Tensor:
 
 
 class AutoEncoder(AnomalyModule):
-    """AE-S spatial-bottleneck autoencoder; ``image_size`` and ``in_channels`` are linked from the dataset."""
+    """AE-S spatial-bottleneck autoencoder; ``image_size`` and ``in_channels`` are linked from the dataset.
+
+    ``bottleneck_resolution`` defaults to ``image_size / 16``: the original's four stride-2 levels (128 -> 8) and its
+    compression ratio (bottleneck values / pixels = 1/2 at full width) at any image size.
+    """
 
     def __init__(
         self,
         image_size: int = 64,
         in_channels: int = 1,
-        bottleneck_resolution: int = 8,
+        bottleneck_resolution: int | None = None,
         base_channels: int = 32,
         max_channels: int = 128,
         dropout: float = 0.2,
@@ -64,7 +71,7 @@ class AutoEncoder(AnomalyModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        levels = num_levels(image_size, bottleneck_resolution)
+        levels = num_levels(image_size, bottleneck_resolution or image_size // FAITHFUL_LEVELS_DIVISOR)
         self.encoder = ConvEncoder(in_channels, levels, base_channels, max_channels, leaky_slope, faithful_batchnorm)
         self.bottleneck_dropout = nn.Dropout(dropout)
         self.decoder = ConvDecoder(self.encoder.out_channels, in_channels, levels, top_channels=max_channels,

@@ -50,6 +50,12 @@ def test_residual_kinds():
         AutoEncoder(image_size=32, residual="squared")
 
 
+def test_default_bottleneck_keeps_four_levels_at_any_size():
+    ae = AutoEncoder(image_size=64, base_channels=16, max_channels=64)
+    assert ae.encoder(torch.rand(1, 1, 64, 64)).shape == (1, 64, 4, 4)
+    assert len(_convs(ae.encoder, nn.Conv2d)) == 4
+
+
 def test_image_size_must_reach_the_bottleneck():
     with pytest.raises(ValueError, match="power of two"):
         AutoEncoder(image_size=48, bottleneck_resolution=8)
