@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from benchmark.config import (
@@ -112,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest:  # global options may also follow the sub-command
         args = parser.parse_args(rest, namespace=args)
+    # a known deprecation inside Lightning's own code under recent torch: noise for our users
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if args.quiet:
+        logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+        logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ConfigError, DataError) as error:

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmark.cli import main
+from lightning_modules.base import AnomalyModule, AnomalyOutput
 
 TINY_DATA = {"n_train": 3, "n_val": 1, "n_test_healthy": 1, "n_test_per_lesion": 1, "n_unlabelled": 0,
              "resolution_mm": 4.0, "image_size": 32, "batch_size": 16, "min_lesion_pixels": 3}
@@ -98,3 +100,33 @@ def test_baselines_through_the_default_command(configs, capsys):
     assert random["run"]["train_time_s"] == 0.0 and random["evaluation"]["checkpoint"] == "final weights"
     intensity = json.loads((folder / "intensity" / "seed_0" / "metrics.json").read_text())
     assert 0.0 <= intensity["test_sets"]["tumor"]["pixel_auroc"] <= 1.0
+
+
+class InputGradientMethod(AnomalyModule):
+    """A user-side method (imported by class_path) whose map is |d sum(x^2) / dx| = 2x: it needs autograd at test."""
+
+    requires_training = False
+    needs_input_gradients = True
+
+    def predict_anomaly(self, image: torch.Tensor) -> AnomalyOutput:
+        image = image.detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad((image**2).sum(), image)
+        anomaly_map = gradient.abs()
+        return AnomalyOutput(anomaly_map, self.reduce_map(anomaly_map), None)
+
+
+def test_input_gradient_methods_get_autograd_at_test_time(configs):
+    method = configs["root"] / "grad.yaml"
+    method.write_text(f"class_path: {__name__}.InputGradientMethod\n")
+    assert _run(configs, str(method)) == 0
+    assert _run(configs, "intensity") == 0
+    grad = json.loads((_run_dir(configs, "grad") / "metrics.json").read_text())["test_sets"]
+    intensity = json.loads((_run_dir(configs, "intensity") / "metrics.json").read_text())["test_sets"]
+    # 2x ranks pixels exactly as x does
+    assert grad["tumor"]["pixel_auroc"] == pytest.approx(intensity["tumor"]["pixel_auroc"], abs=1e-6)
+
+
+def test_list_command(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "methods: ae, intensity, random" in out and "synthetic_brain" in out
