@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import traceback
 import warnings
@@ -35,8 +36,8 @@ def _execute(job: Job, results_dir: Path, sweep: str, overwrite: bool, progress:
     if is_finished(run_dir) and not overwrite:
         print(f"[normbench] {run_dir} is finished; reusing its metrics.json (--overwrite to rerun)")
         return json.loads((run_dir / "metrics.json").read_text())
-    if overwrite and (run_dir / "metrics.json").exists():
-        (run_dir / "metrics.json").unlink()
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run: no stale checkpoints or TensorBoard events
     print(f"[normbench] {job.method.name} on {job.dataset.name}, seed {job.seed} -> {run_dir}")
     return run_job(job, run_dir, progress=progress)
 
@@ -93,7 +94,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_benchmark.py", description=__doc__)
     parser.add_argument("--results-dir", default="results", help="root folder of all results (default: results)")
-    parser.add_argument("--overwrite", action="store_true", help="rerun jobs whose metrics.json already exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run folder of each job and train it again from scratch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--sweep-config", default="default", help="sweep run when no command is given")
     parser.set_defaults(func=cmd_default)

@@ -89,9 +89,8 @@ class ScaleIntensityPercentilesInRoid(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        image, roi = d["image"], d["roi"] > 0
-        inside = image.as_tensor()[roi.as_tensor().expand_as(image)].float() if isinstance(image, MetaTensor) \
-            else image[roi.expand_as(image)].float()
+        image, roi = d["image"], _plain(d["roi"]) > 0
+        inside = _plain(image)[roi.expand_as(image)].float()
         if inside.numel() == 0:
             raise DataError(f"{self.source}: the roi is empty, so no intensities can be normalised; check the roi file")
         q = torch.tensor(self.percentiles, dtype=torch.float64) / 100.0
@@ -99,11 +98,16 @@ class ScaleIntensityPercentilesInRoid(MapTransform):
         if hi <= lo:
             raise DataError(
                 f"{self.source}: intensities are constant inside the roi ({lo}); the image looks empty or corrupt")
-        scaled = ((image - lo) / (hi - lo)).clamp(0.0, 1.0)
+        scaled = ((image - lo) / (hi - lo)).clamp(0.0, 1.0)  # stays a MetaTensor (keeps the affine)
         if self.zero_outside_roi:
             scaled = scaled * roi
         d["image"] = scaled.float()
         return d
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """The plain tensor behind a MetaTensor: element-wise checks on MetaTensors are many times slower."""
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
 
 
 def _subsample(values: torch.Tensor, limit: int = 4_000_000) -> torch.Tensor:
@@ -133,7 +137,7 @@ def load_volume(record: VolumeRecord) -> dict[str, MetaTensor]:
     if image.shape[0] != 1:
         raise DataError(f"image file {record.image} has {image.shape[0]} channels / frames; NormBench expects one 3D "
                         "volume per file (split multi-modal data into one column per modality)")
-    values = image.as_tensor()  # plain tensor: checks on a MetaTensor are many times slower
+    values = _plain(image)
     if not torch.isfinite(values).all():
         n_bad = int((~torch.isfinite(values)).sum())
         raise DataError(f"image file {record.image} contains {n_bad} NaN/Inf voxels; fix or remove the file")
@@ -147,7 +151,7 @@ def load_volume(record: VolumeRecord) -> dict[str, MetaTensor]:
         if volume.shape != image.shape:
             raise DataError(f"{key} file {path} has shape {tuple(volume.shape[1:])} but image {record.image} has "
                             f"{tuple(image.shape[1:])}; they must be voxel-aligned")
-        labels = volume.as_tensor()
+        labels = _plain(volume)
         if not ((labels == 0) | (labels == 1)).all():
             values = torch.unique(labels)[:6].tolist()
             raise DataError(f"{key} file {path} is not binary (values include {values}); masks must contain "

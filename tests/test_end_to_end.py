@@ -130,3 +130,15 @@ def test_list_command(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "methods: ae, intensity, random" in out and "synthetic_brain" in out
+
+
+def test_overwrite_starts_the_job_from_scratch(configs, capsys):
+    assert _run(configs, "random") == 0
+    run = _run_dir(configs, "random")
+    stale = run / "checkpoints" / "stale.ckpt"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("old")
+    capsys.readouterr()
+    assert _run(configs, "random", "--overwrite") == 0
+    assert "is finished" not in capsys.readouterr().out
+    assert not stale.exists() and json.loads((run / "metrics.json").read_text())["status"] == "completed"
