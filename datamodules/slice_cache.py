@@ -26,7 +26,7 @@ from datamodules.base import SliceArrays
 from datamodules.errors import DataError
 from datamodules.preprocessing import PreprocessingSettings, VolumeRecord, preprocess_volume
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 1  # part of every cache key: bump it when the preprocessing changes its output
 
 
 def cache_key(records: Sequence[VolumeRecord], settings: PreprocessingSettings) -> str:
