@@ -66,7 +66,9 @@ def _has_validation_loss(model: AnomalyModule) -> bool:
     return type(model).validation_loss is not AnomalyModule.validation_loss
 
 
-def _build_trainer(job: Job, model: AnomalyModule, run_dir: Path, progress: bool) -> tuple[pl.Trainer, Any]:
+def _build_trainer(
+    job: Job, model: AnomalyModule, run_dir: Path, progress: bool
+) -> tuple[pl.Trainer, EvaluationCallback]:
     evaluation = EvaluationCallback(job.method.name)
     callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs)]
     monitored = _has_validation_loss(model)

@@ -17,7 +17,7 @@ slice       int64 [B]                slice index inside its volume
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as pl
@@ -92,7 +92,6 @@ class DatasetSplits:
     val: SliceArrays
     tests: dict[str, SliceArrays]
     unlabelled: SliceArrays | None = None
-    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tests:

@@ -31,6 +31,7 @@ from lightning_modules.base import AnomalyModule, AnomalyOutput
 from lightning_modules.nets.conv import ConvDecoder, ConvEncoder, num_levels
 
 FAITHFUL_LEVELS_DIVISOR = 16  # 128 px -> 8 x 8 bottleneck: four stride-2 levels, kept at every image size
+RESIDUAL_KINDS = ("abs", "positive", "negative")
 
 
 def residual_map(image: Tensor, reconstruction: Tensor, kind: str) -> Tensor:
@@ -43,7 +44,7 @@ def residual_map(image: Tensor, reconstruction: Tensor, kind: str) -> Tensor:
     elif kind == "negative":
         diff = (-diff).clamp_min(0)
     else:
-        raise ValueError(f"unknown residual kind {kind!r}; use 'abs', 'positive' or 'negative'")
+        raise ValueError(f"unknown residual kind {kind!r}; use one of {RESIDUAL_KINDS}")
     return diff.mean(dim=1, keepdim=True)
 
 
@@ -79,7 +80,8 @@ class AutoEncoder(AnomalyModule):
                                    faithful_batchnorm=faithful_batchnorm)
         if loss not in ("l1", "l2"):
             raise ValueError(f"unknown loss {loss!r}; use 'l1' or 'l2'")
-        residual_map(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), residual)  # validates the name early
+        if residual not in RESIDUAL_KINDS:
+            raise ValueError(f"unknown residual kind {residual!r}; use one of {RESIDUAL_KINDS}")
 
     def forward(self, image: Tensor) -> Tensor:
         return self.decoder(self.bottleneck_dropout(self.encoder(image)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from torch import Tensor, nn
+from torch import nn
 
 
 def keras_batchnorm(channels: int, faithful: bool = True) -> nn.BatchNorm2d:
@@ -52,6 +52,3 @@ class ConvDecoder(nn.Sequential):
             channels = out
         layers.append(nn.Conv2d(channels, out_channels, 1))
         super().__init__(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x)
