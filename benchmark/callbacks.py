@@ -2,46 +2,142 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
-from benchmark.metrics import DetectionMetrics, check_output
+from benchmark.metrics import EvaluationSettings, HealthyCalibration, SetLayout, TestSetEvaluator, check_output
+from datamodules.base import AnomalyDataModule, DatasetSplits
 from lightning_modules.base import AnomalyOutput
 
 
 class EvaluationCallback(pl.Callback):
-    """Feeds every test batch and its ``AnomalyOutput`` to the metrics of its test set; results in ``self.results``.
+    """The evaluation engine inside Lightning's loops.
 
-    Metric states are torchmetrics states, so under DDP each rank accumulates its shard and ``compute`` syncs.
+    ``trainer.validate`` (with the weights under test) calibrates thresholds on the healthy validation split;
+    ``trainer.test`` then feeds every test batch and its ``AnomalyOutput`` (returned by the ``AnomalyModule``
+    base class's steps) to the evaluator of its test set. Validation during ``fit`` is left alone. Metric states
+    are torchmetrics states, so under DDP each rank accumulates its shard and ``compute`` syncs. Results:
+    ``calibration``, ``results`` (nested metrics per test set) and ``curves`` (ROC / PR per test set).
     """
 
-    def __init__(self, method_name: str) -> None:
+    def __init__(self, method_name: str, settings: EvaluationSettings | None = None) -> None:
         self.method_name = method_name
-        self.metrics: dict[str, DetectionMetrics] = {}
+        self.settings = settings or EvaluationSettings()
+        self.calibration: dict[str, Any] | None = None
         self.results: dict[str, dict[str, Any]] = {}
+        self.curves: dict[str, dict[str, Any]] = {}
+        self._calibrator: HealthyCalibration | None = None
+        self._evaluators: dict[str, TestSetEvaluator] = {}
 
-    def _names(self, trainer: pl.Trainer) -> list[str]:
-        return list(trainer.datamodule.test_set_names)
+    @staticmethod
+    def _splits(trainer: pl.Trainer) -> DatasetSplits:
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, AnomalyDataModule):
+            raise TypeError("the evaluation engine needs an AnomalyDataModule (subjects and masks of every split)")
+        return datamodule._splits
 
+    # ---- calibration (trainer.validate) ------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.VALIDATING:
+            return
+        val = self._splits(trainer).val
+        layout = SetLayout(val.subjects, np.zeros(len(val), dtype=np.int64))
+        self._calibrator = HealthyCalibration(self.settings, layout.slices_per_subject).to(pl_module.device)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._calibrator is not None:
+            check_output(outputs, batch, self.method_name)
+            self._calibrator.update(batch, outputs)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._calibrator is None:
+            return
+        self.calibration = self._calibrator.compute()
+        self._calibrator = None
+        scalars = {f"calibration/{name}/{key}": value for name, entry in self.calibration["thresholds"].items()
+                   for key, value in entry.items() if key != "target_fpr" and math.isfinite(value)}
+        if trainer.logger is not None and trainer.is_global_zero:
+            trainer.logger.log_metrics(scalars, step=trainer.global_step)
+
+    # ---- test sets (trainer.test) ------------------------------------------------------------------------------
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.metrics = {name: DetectionMetrics().to(pl_module.device) for name in self._names(trainer)}
-        self.results = {}
+        thresholds = None
+        if self.calibration is not None:
+            thresholds = {name: entry["threshold"] for name, entry in self.calibration["thresholds"].items()}
+        tests = self._splits(trainer).tests
+        self._evaluators = {
+            name: TestSetEvaluator(self.settings, SetLayout.from_arrays(arrays.subjects, arrays.masks),
+                                   thresholds).to(pl_module.device)
+            for name, arrays in tests.items()
+        }
+        self.results, self.curves = {}, {}
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         check_output(outputs, batch, self.method_name)
-        self.metrics[self._names(trainer)[dataloader_idx]].update(batch, outputs)
+        self._evaluators[trainer.datamodule.test_set_names[dataloader_idx]].update(batch, outputs)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.results = {name: metrics.compute() for name, metrics in self.metrics.items()}
-        scalars = {f"test/{name}/{key}": value for name, result in self.results.items()
-                   for key, value in result.items() if isinstance(value, float)}
-        if trainer.logger is not None and trainer.is_global_zero:
-            trainer.logger.log_metrics(scalars, step=trainer.global_step)
+        for name, evaluator in self._evaluators.items():
+            self.results[name], self.curves[name] = evaluator.compute()
+        self._evaluators = {}
+        if trainer.logger is None or not trainer.is_global_zero:
+            return
+        trainer.logger.log_metrics(
+            {f"test/{name}/{key}": value for name, result in self.results.items()
+             for key, value in flatten_scalars(result).items()}, step=trainer.global_step)
+        writer = _tensorboard(trainer)
+        if writer is not None:
+            for name, result in self.results.items():
+                _log_pr_curve(writer, f"test/{name}/pixel_pr_curve", self.curves[name]["pr"], result["pixel"],
+                              trainer.global_step)
+                for label, scores in self.curves[name]["sample_scores"].items():
+                    if scores:
+                        writer.add_histogram(f"test/{name}/anomaly_score_{label}", np.asarray(scores),
+                                             global_step=trainer.global_step)
+
+
+def flatten_scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a nested result as ``{"pixel/auroc": value, ...}`` (notes and lists skipped)."""
+    flat: dict[str, float] = {}
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_scalars(value, f"{name}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            flat[name] = float(value)
+    return flat
+
+
+def _tensorboard(trainer: pl.Trainer):
+    if not trainer.is_global_zero:
+        return None
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def _log_pr_curve(writer, tag: str, pr: dict[str, list[float]], pixel: dict[str, Any], step: int,
+                  max_points: int = 127) -> None:
+    """TensorBoard's PR-curve panel from the engine's curve (at most 127 points, TensorBoard's limit)."""
+    n_pos, n_neg = pixel["n_lesion_pixels"], pixel["n_roi_pixels"] - pixel["n_lesion_pixels"]
+    if n_pos == 0 or len(pr["recall"]) < 2:
+        return
+    keep = np.unique(np.linspace(0, len(pr["recall"]) - 1, max_points).round().astype(int))[::-1]
+    recall, precision = np.asarray(pr["recall"])[keep], np.asarray(pr["precision"])[keep]
+    tp = recall * n_pos
+    fp = np.where(precision > 0, tp / np.maximum(precision, 1e-12) - tp, n_neg)
+    writer.add_pr_curve_raw(tag, tp, fp, n_neg - fp, n_pos - tp, precision, recall, global_step=step,
+                            num_thresholds=len(keep))
 
 
 def _normalise(images: Tensor) -> Tensor:
@@ -70,17 +166,8 @@ class ImageGridCallback(pl.Callback):
         self.every_n_epochs = max(1, every_n_epochs)
         self.max_rows = max_rows
 
-    @staticmethod
-    def _writer(trainer: pl.Trainer):
-        if not trainer.is_global_zero:
-            return None
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                return logger.experiment
-        return None
-
     def _log(self, trainer: pl.Trainer, tag: str, batch: Any, outputs: Any) -> None:
-        writer = self._writer(trainer)
+        writer = _tensorboard(trainer)
         if writer is None or not isinstance(outputs, AnomalyOutput):
             return
         writer.add_image(f"{tag}/input_reconstruction_map_mask", image_grid(batch, outputs, self.max_rows),

@@ -17,18 +17,19 @@ from benchmark.config import (
     available,
     find_config,
     load_component,
+    load_evaluation,
     load_trainer_profile,
     load_yaml,
 )
 from benchmark.job import Job, is_finished, run_job
 from datamodules.errors import DataError
 
-SWEEP_KEYS = {"methods", "datasets", "seeds", "trainer"}
+SWEEP_KEYS = {"methods", "datasets", "seeds", "trainer", "evaluation"}
 
 
-def _job(method: str, dataset: str, trainer: str, seed: int) -> Job:
+def _job(method: str, dataset: str, trainer: str, seed: int, evaluation: str = "default") -> Job:
     return Job(load_component("methods", method), load_component("datasets", dataset), load_trainer_profile(trainer),
-               seed)
+               seed, load_evaluation(evaluation))
 
 
 def _execute(job: Job, results_dir: Path, sweep: str, overwrite: bool, progress: bool) -> dict:
@@ -42,18 +43,32 @@ def _execute(job: Job, results_dir: Path, sweep: str, overwrite: bool, progress:
     return run_job(job, run_dir, progress=progress)
 
 
+SUMMARY_COLUMNS = (("pixel AUROC", ("pixel", "auroc")), ("pixel AUPRC", ("pixel", "auprc")),
+                   ("best Dice*", ("pixel", "best_dice")), ("Dice@5%FPR", ("calibrated", "healthy_fpr@5%", "dice")),
+                   ("sample AUROC", ("sample", "auroc")))
+
+
+def _lookup(result: dict, path: tuple[str, ...]) -> object:
+    for key in path:
+        result = result.get(key, {}) if isinstance(result, dict) else {}
+    return result
+
+
 def _summary(rows: list[dict]) -> str:
-    lines = [f"{'method':<12} {'test set':<10} {'pixel AUROC':>11} {'pixel AUPRC':>11} {'sample AUROC':>12}"]
+    """Console table of the headline metrics (* best Dice is an oracle upper bound: threshold from test labels)."""
+    header = f"{'method':<12} {'test set':<10} " + " ".join(f"{title:>12}" for title, _ in SUMMARY_COLUMNS)
+    lines = [header]
     for metrics in rows:
-        for name, m in metrics.get("test_sets", {}).items():
-            values = [m.get(k) for k in ("pixel_auroc", "pixel_auprc", "sample_auroc")]
+        for name, result in metrics.get("test_sets", {}).items():
+            values = [_lookup(result, path) for _, path in SUMMARY_COLUMNS]
             cells = [f"{v:.4f}" if isinstance(v, float) and v == v else "n/a" for v in values]
-            lines.append(f"{metrics['method']:<12} {name:<10} {cells[0]:>11} {cells[1]:>11} {cells[2]:>12}")
+            lines.append(f"{metrics['method']:<12} {name:<10} " + " ".join(f"{c:>12}" for c in cells))
+    lines.append("* oracle upper bound (threshold chosen on the test labels); Dice@5%FPR: healthy-calibrated threshold")
     return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    job = _job(args.method, args.dataset, args.trainer, args.seed)
+    job = _job(args.method, args.dataset, args.trainer, args.seed, args.evaluation)
     metrics = _execute(job, Path(args.results_dir), args.sweep, args.overwrite, not args.quiet)
     print(_summary([metrics]))
     print(f"[normbench] metrics: {job.run_dir(Path(args.results_dir), args.sweep) / 'metrics.json'}")
@@ -70,7 +85,7 @@ def cmd_default(args: argparse.Namespace) -> int:
     unknown = set(sweep) - SWEEP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(SWEEP_KEYS)}")
-    jobs = [_job(m, d, sweep.get("trainer", "cpu"), s)
+    jobs = [_job(m, d, sweep.get("trainer", "cpu"), s, sweep.get("evaluation", "default"))
             for d in sweep["datasets"] for m in sweep["methods"] for s in sweep.get("seeds", [0])]
     rows, failures = [], []
     for job in jobs:
@@ -86,7 +101,7 @@ def cmd_default(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for kind in ("methods", "datasets", "trainers", "sweeps"):
+    for kind in ("methods", "datasets", "trainers", "evaluation", "sweeps"):
         print(f"{kind}: {', '.join(available(kind)) or '-'}")
     return 0
 
@@ -105,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", required=True, help=f"dataset name ({CONFIG_DIR / 'datasets'}) or YAML path")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--trainer", default="cpu", help="trainer profile (configs/trainers)")
+    run.add_argument("--evaluation", default="default",
+                     help="evaluation protocol (configs/evaluation: default, baur) or YAML path")
     run.add_argument("--sweep", default="adhoc", help="results go to RESULTS_DIR/SWEEP/runs/... (default: adhoc)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list methods, datasets, trainer profiles and sweeps").set_defaults(func=cmd_list)

@@ -24,6 +24,8 @@ from typing import Any
 import pytorch_lightning as pl
 import yaml
 
+from benchmark.metrics.settings import EvaluationSettings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 COMPONENT_KEYS = {"class_path", "init_args"}
@@ -215,3 +217,14 @@ def load_component(kind: str, name: str, config_dir: Path = CONFIG_DIR) -> Compo
 
 def load_trainer_profile(name: str, config_dir: Path = CONFIG_DIR) -> TrainerProfile:
     return TrainerProfile.from_file(find_config("trainers", name, config_dir))
+
+
+def load_evaluation(name: str, config_dir: Path = CONFIG_DIR) -> EvaluationSettings:
+    """An evaluation protocol (``configs/evaluation/<name>.yaml`` or a path); errors name the file and key."""
+    path = find_config("evaluation", name, config_dir)
+    try:
+        return EvaluationSettings.from_mapping(load_yaml(path), name=path.stem)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{path}: {error}") from error

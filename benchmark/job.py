@@ -1,8 +1,10 @@
 """One job = one method x dataset x seed: train, evaluate every test set, write the run folder.
 
 Run folder: ``config.yaml`` (resolved), ``checkpoints/`` (``last.ckpt`` + best on ``val/loss``),
-``tensorboard/`` (losses, validation metrics, image grids, histograms, hparams) and ``metrics.json``
-(written last and atomically, so its presence means the job finished).
+``tensorboard/`` (losses, validation metrics, image grids, histograms, PR curves), ``curves.json`` (pixel ROC /
+PR curves per test set) and ``metrics.json`` (written last and atomically, so its presence means the job
+finished). Evaluation: ``trainer.validate`` calibrates thresholds on healthy validation data with the weights
+under test, then ``trainer.test`` scores every test set (see ``benchmark/metrics``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from benchmark.callbacks import EvaluationCallback, ImageGridCallback
 from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
 from benchmark.io import write_json, write_yaml
+from benchmark.metrics import EvaluationSettings
 from datamodules.base import AnomalyDataModule
 from lightning_modules.base import AnomalyModule
 
-METRICS_SCHEMA = "normbench.metrics/1"
+METRICS_SCHEMA = "normbench.metrics/2"
 MONITOR = "val/loss"
 
 
@@ -38,6 +41,7 @@ class Job:
     dataset: ComponentConfig
     profile: TrainerProfile
     seed: int = 0
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
     def run_dir(self, results_dir: Path, sweep: str) -> Path:
         return Path(results_dir) / sweep / "runs" / self.dataset.name / self.method.name / f"seed_{self.seed}"
@@ -69,7 +73,7 @@ def _has_validation_loss(model: AnomalyModule) -> bool:
 def _build_trainer(
     job: Job, model: AnomalyModule, run_dir: Path, progress: bool
 ) -> tuple[pl.Trainer, EvaluationCallback]:
-    evaluation = EvaluationCallback(job.method.name)
+    evaluation = EvaluationCallback(job.method.name, job.evaluation)
     callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs)]
     monitored = _has_validation_loss(model)
     callbacks.append(ModelCheckpoint(
@@ -112,6 +116,7 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         "trainer_profile": {"name": job.profile.name, "trainer": job.profile.trainer,
                             "early_stopping_patience": job.profile.early_stopping_patience},
         "seed": job.seed,
+        "evaluation": job.evaluation.describe(),
     })
     trainer, evaluation = _build_trainer(job, model, run_dir, progress)
 
@@ -124,10 +129,13 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
             test_ckpt = trainer.checkpoint_callback.best_model_path
     t0 = time.perf_counter()
+    trainer.validate(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)  # healthy calibration
+    calibration_time = time.perf_counter() - t0
+    t0 = time.perf_counter()
     trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     test_time = time.perf_counter() - t0
 
-    n_test = sum(r["n_slices"] for r in evaluation.results.values())
+    n_test = sum(r["sample"]["n_slices"] for r in evaluation.results.values())
     metrics = {
         "schema": METRICS_SCHEMA,
         "status": "completed",
@@ -135,8 +143,13 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         "dataset": job.dataset.name,
         "seed": job.seed,
         "test_sets": evaluation.results,
+        "calibration": evaluation.calibration,
         "evaluation": {
+            **job.evaluation.describe(),
             "pixels": "roi only (background excluded)",
+            "bg_included": False,
+            "threshold_rule": "pixel flagged when map >= threshold",
+            "best_dice_threshold_source": "oracle_test (upper bound: chosen on the test labels)",
             "checkpoint": Path(test_ckpt).name if test_ckpt else "final weights",
             "sample_label": "slice with mask area >= min_lesion_pixels",
         },
@@ -144,6 +157,7 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
             "wall_time_s": time.perf_counter() - started,
             "data_time_s": data_time,
             "train_time_s": train_time,
+            "calibration_time_s": calibration_time,
             "test_time_s": test_time,
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
@@ -157,5 +171,6 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         "versions": software_versions(),
     }
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "curves.json", {"schema": "normbench.curves/1", "pixel": evaluation.curves})
+        write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return metrics

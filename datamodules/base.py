@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.errors import DataError
 
@@ -108,6 +109,34 @@ class DatasetSplits:
                 owner[subject] = split
 
 
+class SubjectShardSampler(DistributedSampler):
+    """Evaluation sampler for multi-device runs: whole subjects per rank, every slice exactly once, in order.
+
+    Lightning's default ``DistributedSampler`` deals slices round-robin and pads the last round with repeated
+    slices, which double-counts them in metrics and splits volumes across ranks. This sampler gives each rank
+    whole subjects (balanced by slice count, largest first) and keeps the dataset's order, so metrics are
+    identical on 1 or N devices and volumes can be reassembled on one rank. Lightning keeps a sampler that is
+    already a ``DistributedSampler``.
+    """
+
+    def __init__(self, subjects: np.ndarray, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(range(len(subjects)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        names, first, inverse, counts = np.unique(subjects, return_index=True, return_inverse=True,
+                                                  return_counts=True)
+        load = np.zeros(self.num_replicas, dtype=np.int64)
+        owner = np.empty(len(names), dtype=np.int64)
+        for subject in sorted(range(len(names)), key=lambda i: (-counts[i], first[i])):
+            owner[subject] = int(np.argmin(load))
+            load[owner[subject]] += counts[subject]
+        self.indices = np.flatnonzero(owner[inverse] == self.rank).tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class AnomalyDataModule(pl.LightningDataModule):
     """Base class: healthy train / val loaders, one test loader per named test set, an optional unlabelled pool.
 
@@ -149,10 +178,12 @@ class AnomalyDataModule(pl.LightningDataModule):
         return self.splits
 
     def _loader(self, arrays: SliceArrays, train: bool) -> DataLoader:
+        distributed = not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         return DataLoader(
             SliceDataset(arrays),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=SubjectShardSampler(arrays.subjects) if distributed else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -49,6 +49,11 @@ class AnomalyModule(pl.LightningModule):
     needs_input_gradients: ClassVar[bool] = False
     trainer_defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # multi-device evaluation gives each rank whole subjects, so a rank may have no batch of a small test set
+        self.allow_zero_length_dataloader_with_multiple_devices = True
+
     @abstractmethod
     def predict_anomaly(self, image: Tensor) -> AnomalyOutput:
         """Anomaly map, score and optional reconstruction for ``image`` [B,C,H,W] in [0, 1]."""

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from benchmark.cli import main
-from benchmark.config import ComponentConfig, ConfigError, TrainerProfile, available, load_component, matches_annotation
+from benchmark.config import (
+    ComponentConfig,
+    ConfigError,
+    TrainerProfile,
+    available,
+    load_component,
+    load_evaluation,
+    matches_annotation,
+)
 
 
 def test_registered_configs_load():
@@ -61,6 +69,26 @@ def test_trainer_profile_validation(tmp_path):
     path.write_text("trainer:\n  max_epochs: 3\npatience: 2\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['patience'\]"):
         TrainerProfile.from_file(path)
+
+
+def test_evaluation_profiles_load_and_are_validated(tmp_path):
+    assert {"default", "baur"} <= set(available("evaluation"))
+    assert load_evaluation("default").postprocessing.is_identity
+    baur = load_evaluation("baur").postprocessing
+    assert (baur.median_size, baur.roi_erosion_iterations, baur.min_component_size) == (5, 12, 8)
+    path = tmp_path / "e.yaml"
+    for text, message in [
+        ("fpr_target: [0.05]\n", r"e\.yaml: unknown key\(s\) \['fpr_target'\]; valid keys: fpr_targets"),
+        ("fpr_targets: [5]\n", r"e\.yaml: fpr_targets must be fractions in \(0, 1\)"),
+        ("postprocessing: smooth\n", r"e\.yaml: unknown postprocessing profile 'smooth'"),
+        ("postprocessing: {median: 3}\n", r"e\.yaml: postprocessing: unknown key\(s\) \['median'\]"),
+        ("postprocessing: {median_size: -1}\n", r"postprocessing\.median_size must be a non-negative integer"),
+        ("lesion_size_edges: [50, 10]\n", r"lesion_size_edges must be increasing"),
+        ("sub_bins_per_octave: 1000\n", r"sub_bins_per_octave must be a power of two"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_evaluation(str(path))
 
 
 @pytest.mark.parametrize(

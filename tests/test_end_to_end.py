@@ -47,10 +47,20 @@ def test_run_writes_a_complete_run_folder(configs):
     assert set(metrics["test_sets"]) == {"healthy", "tumor", "ms", "stroke"}
     for kind in ("tumor", "stroke"):  # at 4 mm and 32 px the tiny MS lesions may vanish in the resize
         result = metrics["test_sets"][kind]
-        assert result["n_lesion_pixels"] > 0
-        assert 0.0 <= result["pixel_auroc"] <= 1.0 and 0.0 <= result["pixel_auprc"] <= 1.0
+        assert result["pixel"]["n_lesion_pixels"] > 0
+        assert 0.0 <= result["pixel"]["auroc"] <= 1.0 and 0.0 <= result["pixel"]["auprc"] <= 1.0
+        assert set(result["calibrated"]) == {"healthy_fpr@1%", "healthy_fpr@2%", "healthy_fpr@5%"}
+        assert set(result["lesion_size"]["bins"]) == {"small", "medium", "large"}
     healthy = metrics["test_sets"]["healthy"]
-    assert healthy["pixel_auroc"] is None and "no positive" in healthy["notes"]["pixel_auroc"]
+    assert healthy["pixel"]["auroc"] is None and "no positive" in healthy["notes"]["pixel.auroc"]
+    # calibrated on healthy validation data; the healthy test set's FPR is a held-out check of it (small data)
+    for name, entry in metrics["calibration"]["thresholds"].items():
+        assert entry["achieved_fpr"] <= entry["target_fpr"]
+        assert healthy["calibrated"][name]["threshold"] == entry["threshold"]
+        assert healthy["calibrated"][name]["fpr"] < 4 * entry["target_fpr"]
+    assert metrics["evaluation"]["postprocessing"]["name"] == "none" and metrics["evaluation"]["bg_included"] is False
+    curves = json.loads((run / "curves.json").read_text())["pixel"]["tumor"]
+    assert curves["roc"]["fpr"][0] == 0.0 and curves["roc"]["tpr"][-1] == 1.0
     assert metrics["run"]["n_parameters"] > 0 and metrics["run"]["epochs"] == 2
     assert metrics["evaluation"]["checkpoint"].startswith("best-epoch")
 
@@ -61,7 +71,9 @@ def test_run_writes_a_complete_run_folder(configs):
 
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
     scalars, images = set(events.Tags()["scalars"]), set(events.Tags()["images"])
-    assert {"train/loss", "val/loss", "test/tumor/pixel_auroc"} <= scalars
+    assert {"train/loss", "val/loss", "test/tumor/pixel/auroc", "test/tumor/calibrated/healthy_fpr@5%/dice",
+            "calibration/healthy_fpr@1%/threshold"} <= scalars
+    assert "test/tumor/pixel_pr_curve" in events.Tags()["tensors"]
     assert "val/input_reconstruction_map_mask" in images and "test/tumor/input_reconstruction_map_mask" in images
     assert "val/anomaly_map_in_roi" in events.Tags()["histograms"]
 
@@ -96,12 +108,14 @@ def test_baselines_through_the_default_command(configs, capsys):
     assert "random" in out and "intensity" in out
     folder = configs["results"] / "tiny_sweep" / "runs" / "tiny_brain"
     random = json.loads((folder / "random" / "seed_0" / "metrics.json").read_text())
-    assert abs(random["test_sets"]["tumor"]["pixel_auroc"] - 0.5) < 0.05  # chance level
+    assert abs(random["test_sets"]["tumor"]["pixel"]["auroc"] - 0.5) < 0.05  # chance level
     assert random["run"]["train_time_s"] == 0.0 and random["evaluation"]["checkpoint"] == "final weights"
     intensity = json.loads((folder / "intensity" / "seed_0" / "metrics.json").read_text())
-    counts = ("n_slices", "n_anomalous_slices", "n_roi_pixels", "n_lesion_pixels")
     for name, result in random["test_sets"].items():  # both methods are scored on exactly the same pixels
-        assert {k: result[k] for k in counts} == {k: intensity["test_sets"][name][k] for k in counts}
+        other = intensity["test_sets"][name]
+        counted = (("pixel", ("n_roi_pixels", "n_lesion_pixels")), ("sample", ("n_slices", "n_anomalous_slices")))
+        for part, keys in counted:
+            assert {k: result[part][k] for k in keys} == {k: other[part][k] for k in keys}
 
 
 class InputGradientMethod(AnomalyModule):
@@ -125,7 +139,7 @@ def test_input_gradient_methods_get_autograd_at_test_time(configs):
     grad = json.loads((_run_dir(configs, "grad") / "metrics.json").read_text())["test_sets"]
     intensity = json.loads((_run_dir(configs, "intensity") / "metrics.json").read_text())["test_sets"]
     # 2x ranks pixels exactly as x does
-    assert grad["tumor"]["pixel_auroc"] == pytest.approx(intensity["tumor"]["pixel_auroc"], abs=1e-6)
+    assert grad["tumor"]["pixel"]["auroc"] == pytest.approx(intensity["tumor"]["pixel"]["auroc"], abs=1e-6)
 
 
 def test_list_command(capsys):
@@ -144,3 +158,18 @@ def test_overwrite_starts_the_job_from_scratch(configs, capsys):
     assert _run(configs, "random", "--overwrite") == 0
     assert "is finished" not in capsys.readouterr().out
     assert not stale.exists() and json.loads((run / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_evaluation_profile_is_selectable_and_recorded(configs):
+    evaluation = configs["root"] / "volumetric.yaml"
+    evaluation.write_text(yaml.safe_dump({"fpr_targets": [0.05],
+                                          "postprocessing": {"name": "baur", "roi_erosion_iterations": 1}}))
+    assert _run(configs, "intensity", "--evaluation", str(evaluation), "--sweep", "volumetric") == 0
+    run = configs["results"] / "volumetric" / "runs" / "tiny_brain" / "intensity" / "seed_0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["evaluation"]["postprocessing"] == {"name": "baur", "median_size": 5, "roi_erosion_iterations": 1,
+                                                       "min_component_size": 8}
+    assert metrics["calibration"]["postprocessing"] == "baur"
+    assert list(metrics["calibration"]["thresholds"]) == ["healthy_fpr@5%"]
+    assert list(metrics["test_sets"]["tumor"]["calibrated"]) == ["healthy_fpr@5%"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["evaluation"]["profile"] == "volumetric"

@@ -1,6 +1,27 @@
-"""The evaluation engine: metric states that work the same on one device or many."""
+"""The evaluation engine: metric states that give the same result on one device or many."""
 
-from benchmark.metrics.evaluator import DetectionMetrics, MethodOutputError, check_output
+from benchmark.metrics.binning import ScoreBins
+from benchmark.metrics.calibration import HealthyCalibration
+from benchmark.metrics.curves import BinnedCurves, OperatingPoint
+from benchmark.metrics.evaluator import MethodOutputError, SetLayout, TestSetEvaluator, check_output
+from benchmark.metrics.histogram import PixelHistogram
+from benchmark.metrics.postprocessing import PROFILES, PostProcessing
 from benchmark.metrics.ranking import BinaryRanking
+from benchmark.metrics.settings import EvaluationSettings, threshold_name
 
-__all__ = ["BinaryRanking", "DetectionMetrics", "MethodOutputError", "check_output"]
+__all__ = [
+    "PROFILES",
+    "BinaryRanking",
+    "BinnedCurves",
+    "EvaluationSettings",
+    "HealthyCalibration",
+    "MethodOutputError",
+    "OperatingPoint",
+    "PixelHistogram",
+    "PostProcessing",
+    "ScoreBins",
+    "SetLayout",
+    "TestSetEvaluator",
+    "check_output",
+    "threshold_name",
+]

@@ -1,17 +1,32 @@
-"""Per-test-set metrics from (batch, AnomalyOutput) pairs.
+"""Per-test-set metrics from (batch, AnomalyOutput) pairs: the evaluation engine's front door.
 
-Pixel metrics are computed over ``roi`` pixels only (background excluded: ``bg_included = False``), with the
-lesion mask as target. Sample metrics rank ``anomaly_score`` against the slice ``label``.
+* Pixel ranking metrics (AUROC, AUPRC, oracle best Dice, curves) over ``roi`` pixels only (background excluded,
+  ``bg_included = false``) from constant-memory histograms of the raw maps.
+* Metrics at the thresholds calibrated on healthy validation data (Dice, precision, recall, FPR pooled over the
+  test set's roi pixels, and Dice mean / std over volumes), after the post-processing profile.
+* Sample metrics: AUROC / AUPRC of ``anomaly_score`` against the slice ``label``, and score distributions.
+* Lesion-size strata: slices grouped by lesion area (pixels of the slice's mask; slices without lesion pixels
+  are not stratified), AUPRC, best Dice and calibrated Dice per stratum.
+
+Undefined values are NaN (``null`` in JSON) with the reason in ``notes``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from benchmark.metrics.curves import NO_NEGATIVES, NO_POSITIVES, BinnedCurves
+from benchmark.metrics.histogram import PixelHistogram
 from benchmark.metrics.ranking import BinaryRanking
+from benchmark.metrics.settings import EvaluationSettings
+from benchmark.metrics.thresholded import ThresholdedCounts, confusion_counts, operating_point, volume_dice
+from benchmark.metrics.volumes import MapStream
 from lightning_modules.base import AnomalyOutput
 
 
@@ -40,33 +55,164 @@ def check_output(output: Any, batch: dict[str, Any], method: str) -> None:
         raise MethodOutputError(f"method {method}: anomaly_map has negative values (min {minimum}); maps must be >= 0")
 
 
-class DetectionMetrics(nn.Module):
-    """Pixel AUROC / AUPRC over roi pixels and sample AUROC / AUPRC of one test set."""
 
-    def __init__(self) -> None:
+
+class SetLayout:
+    """What the evaluator needs to know about a set before its batches arrive: subjects and lesion areas."""
+
+    def __init__(self, subjects: Sequence[str], lesion_areas: np.ndarray) -> None:
+        names, counts = np.unique(np.asarray(subjects, dtype=str), return_counts=True)
+        self.subjects = names.tolist()
+        self.slices_per_subject = dict(zip(self.subjects, counts.tolist(), strict=True))
+        self.lesion_areas = np.asarray(lesion_areas, dtype=np.int64)
+
+    @classmethod
+    def from_arrays(cls, subjects: Sequence[str], masks: np.ndarray) -> SetLayout:
+        """From a split's subjects and masks ``[N,1,H,W]`` (lesion area = mask pixels of each slice)."""
+        areas = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int64)
+        return cls(subjects, areas)
+
+
+def stratum_names(n: int) -> list[str]:
+    return ["small", "medium", "large"] if n == 3 else [f"size_{i}" for i in range(n)]
+
+
+def size_edges(areas: np.ndarray, configured: Sequence[float] | None) -> tuple[list[float], str]:
+    """Lesion-area bin edges: configured, or the 25th / 75th percentiles of the slices with lesion pixels."""
+    if configured is not None:
+        return [float(e) for e in configured], "configured"
+    lesion = areas[areas > 0]
+    if len(lesion) == 0:
+        return [], "no slices with lesion pixels"
+    edges = np.unique(np.percentile(lesion, [25, 75]))
+    return edges.tolist(), "25th / 75th percentiles of slice lesion areas in this test set (ATLAS protocol)"
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
+
+
+class TestSetEvaluator(nn.Module):
+    """All metrics of one test set. ``thresholds``: name -> calibrated threshold (``None``: not calibrated)."""
+
+    def __init__(self, settings: EvaluationSettings, layout: SetLayout,
+                 thresholds: dict[str, float] | None = None) -> None:
         super().__init__()
-        self.pixel = BinaryRanking()
-        self.sample = BinaryRanking()
+        self.settings = settings
+        self.layout = layout
+        self.subject_index = {s: i for i, s in enumerate(layout.subjects)}
+        self.edges, self.edge_source = size_edges(layout.lesion_areas, settings.lesion_size_edges)
+        self.register_buffer("_edges", torch.tensor(self.edges, dtype=torch.float64), persistent=False)
+        self.n_strata = len(self.edges) + 1 if self.edges else 0  # no edges: no slice with lesion pixels
+        # group 0: slices without lesion pixels; group 1 + i: lesion-size stratum i (pooled = all groups)
+        self.pixels = PixelHistogram(1 + self.n_strata, settings.bins)
+        self.samples = BinaryRanking()
+        self.thresholds = dict(thresholds or {})
+        self.stream = MapStream(settings.postprocessing, layout.slices_per_subject)
+        self.counts = (ThresholdedCounts(len(layout.subjects), len(self.thresholds), self.n_strata)
+                       if self.thresholds else None)
+
+    def _stratum(self, mask: Tensor) -> Tensor:
+        """Stratum of each slice ``[S]`` from its lesion area (-1: no lesion pixels)."""
+        area = mask.flatten(1).sum(1)
+        index = torch.bucketize(area.to(torch.float64), self._edges.to(area.device))
+        return torch.where(area > 0, index, torch.full_like(index, -1))
 
     def update(self, batch: dict[str, Any], output: AnomalyOutput) -> None:
-        roi = batch["roi"] > 0.5
-        anomaly_map = output.anomaly_map.to(roi.device)
-        self.pixel.update(anomaly_map[roi], batch["mask"][roi] > 0.5)
-        self.sample.update(output.anomaly_score.to(roi.device), batch["label"])
+        roi = batch["roi"][:, 0] > 0.5
+        mask = batch["mask"][:, 0] > 0.5
+        group = (self._stratum(mask) + 1)[:, None, None]
+        self.pixels.update(output.anomaly_map[:, 0].to(roi.device), mask, torch.where(roi, group, -1))
+        self.samples.update(output.anomaly_score.to(roi.device), batch["label"])
+        if self.counts is None:
+            return
+        thresholds = torch.tensor(list(self.thresholds.values()), dtype=torch.float32)
+        for chunk in self.stream(batch, output.anomaly_map):
+            flags = self.stream.flags(chunk, thresholds.to(chunk.anomaly_map.device))
+            counts = confusion_counts(flags, chunk.mask, chunk.roi)
+            index = torch.tensor([self.subject_index[s] for s in chunk.subjects])
+            self.counts.update(counts, index, self._stratum(chunk.mask).cpu())
 
-    def compute(self) -> dict[str, Any]:
-        pixel, sample = self.pixel.compute(), self.sample.compute()
-        notes = {f"{kind}_{metric}": info["reason"]
-                 for kind, info in (("pixel", pixel), ("sample", sample)) if info["reason"]
-                 for metric in ("auroc", "auprc")}
-        return {
-            "pixel_auroc": pixel["auroc"],
-            "pixel_auprc": pixel["auprc"],
-            "sample_auroc": sample["auroc"],
-            "sample_auprc": sample["auprc"],
-            "n_slices": sample["n_positive"] + sample["n_negative"],
-            "n_anomalous_slices": sample["n_positive"],
-            "n_roi_pixels": pixel["n_positive"] + pixel["n_negative"],
-            "n_lesion_pixels": pixel["n_positive"],
-            "notes": notes,
+    # ---- results ----------------------------------------------------------------------------------------------
+    def compute(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(metrics, curves)``: nested metrics of this set; its pixel ROC / PR curves and slice scores by label."""
+        self.stream.finish()
+        notes: dict[str, str] = {}
+        groups = self.pixels.compute()
+        pixel_curves = BinnedCurves.pooled(groups)
+        sample = self.samples.compute()
+        result: dict[str, Any] = {
+            "pixel": self._ranking(pixel_curves, "pixel", notes),
+            "sample": self._sample(sample, notes),
         }
+        volumes = strata = None
+        if self.counts is not None:
+            volumes, strata = self.counts.compute()
+            result["calibrated"] = {name: self._calibrated(volumes[:, t], threshold, f"calibrated.{name}", notes)
+                                    for t, (name, threshold) in enumerate(self.thresholds.items())}
+        else:
+            notes["calibrated"] = "no healthy calibration: thresholded metrics skipped"
+        result["lesion_size"] = self._lesion_size(groups[1:], strata, notes)
+        result["notes"] = notes
+        points = self.settings.curve_points
+        curves = {"roc": pixel_curves.roc(points), "pr": pixel_curves.pr(points), "sample_scores": sample["scores"]}
+        return result, curves
+
+    @staticmethod
+    def _ranking(curves: BinnedCurves, prefix: str, notes: dict[str, str]) -> dict[str, Any]:
+        best = curves.best_dice()
+        if curves.n_positive == 0:
+            for key in ("auroc", "auprc", "best_dice"):
+                notes[f"{prefix}.{key}"] = NO_POSITIVES
+        elif curves.n_negative == 0:
+            notes[f"{prefix}.auroc"] = NO_NEGATIVES
+        return {
+            "auroc": curves.auroc(),
+            "auprc": curves.average_precision(),
+            "best_dice": best.dice if best else math.nan,
+            "best_dice_threshold": best.threshold if best else math.nan,
+            "n_roi_pixels": curves.n_positive + curves.n_negative,
+            "n_lesion_pixels": curves.n_positive,
+        }
+
+    @staticmethod
+    def _sample(sample: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
+        if sample["reason"]:
+            notes["sample.auroc"] = notes["sample.auprc"] = sample["reason"]
+        return {"auroc": sample["auroc"], "auprc": sample["auprc"],
+                "n_slices": sample["n_positive"] + sample["n_negative"], "n_anomalous_slices": sample["n_positive"],
+                "score_distribution": sample["distributions"]}
+
+    @staticmethod
+    def _calibrated(volumes: np.ndarray, threshold: float, key: str, notes: dict[str, str]) -> dict[str, Any]:
+        point = operating_point(volumes.sum(0), threshold)
+        mean, std, n_volumes = volume_dice(volumes)
+        if point.tp + point.fn == 0:
+            notes[f"{key}.dice"] = notes[f"{key}.volume_dice"] = NO_POSITIVES
+        if point.tp + point.fp == 0:
+            notes[f"{key}.precision"] = "no pixel flagged at this threshold: precision undefined"
+        return {"threshold": _finite(threshold), "dice": point.dice, "precision": point.precision,
+                "recall": point.recall, "fpr": point.fpr, "volume_dice_mean": mean, "volume_dice_std": std,
+                "n_volumes_with_lesion": n_volumes}
+
+    def _lesion_size(self, strata_curves: list[BinnedCurves], strata_counts: np.ndarray | None,
+                     notes: dict[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = {"edges": self.edges, "edge_source": self.edge_source, "bins": {}}
+        if not self.n_strata:
+            notes["lesion_size"] = self.edge_source
+            return result
+        lesion = self.layout.lesion_areas[self.layout.lesion_areas > 0]
+        n_slices = np.bincount(np.searchsorted(self.edges, lesion, side="left"), minlength=len(self.edges) + 1)
+        bounds = [1.0, *self.edges, math.inf]
+        names = stratum_names(len(self.edges) + 1)
+        for i, curves in enumerate(strata_curves):
+            key = f"lesion_size.{names[i]}"
+            ranking = self._ranking(curves, key, notes)
+            entry = {"area_pixels": [bounds[i], bounds[i + 1]], "n_slices": int(n_slices[i]),
+                     "n_lesion_pixels": ranking["n_lesion_pixels"], "auprc": ranking["auprc"],
+                     "best_dice": ranking["best_dice"]}
+            if strata_counts is not None:
+                for t, (name, threshold) in enumerate(self.thresholds.items()):
+                    entry[f"dice@{name}"] = operating_point(strata_counts[i, t], threshold).dice
+            result["bins"][names[i]] = entry
+        return result

@@ -1,0 +1,73 @@
+"""The evaluation protocol of a run (``configs/evaluation/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmark.metrics.binning import ScoreBins
+from benchmark.metrics.postprocessing import PostProcessing
+
+EVALUATION_KEYS = {
+    "fpr_targets": "healthy-data pixel false-positive rates for calibrated thresholds (fractions, e.g. 0.01)",
+    "postprocessing": "profile name (none, baur) or a mapping of its parameters",
+    "lesion_size_edges": "slice lesion-area bin edges in pixels (null: 25th / 75th percentiles of each test set)",
+    "sub_bins_per_octave": "histogram resolution (power of two; relative bin width = 1 / value)",
+    "curve_points": "maximum points stored per ROC / PR curve in curves.json",
+}
+
+
+def threshold_name(fpr: float) -> str:
+    """``0.01`` -> ``healthy_fpr@1%`` (the threshold source label used in every result)."""
+    return f"healthy_fpr@{100 * fpr:g}%"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How test sets are scored: calibration targets, post-processing, lesion-size strata, histogram bins."""
+
+    fpr_targets: tuple[float, ...] = (0.01, 0.02, 0.05)
+    postprocessing: PostProcessing = field(default_factory=PostProcessing)
+    lesion_size_edges: tuple[float, ...] | None = None
+    bins: ScoreBins = field(default_factory=ScoreBins)
+    curve_points: int = 1000
+    name: str = "default"
+
+    def __post_init__(self) -> None:
+        if not self.fpr_targets or any(not 0 < p < 1 for p in self.fpr_targets):
+            raise ValueError(f"fpr_targets must be fractions in (0, 1), got {list(self.fpr_targets)}")
+        edges = self.lesion_size_edges
+        if edges is not None and (not edges or list(edges) != sorted(set(edges)) or edges[0] <= 0):
+            raise ValueError(f"lesion_size_edges must be increasing positive pixel counts, got {list(edges)}")
+        if self.curve_points < 2:
+            raise ValueError(f"curve_points must be >= 2, got {self.curve_points}")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], name: str = "custom") -> EvaluationSettings:
+        unknown = set(data) - set(EVALUATION_KEYS)
+        if unknown:
+            options = "; ".join(f"{k}: {v}" for k, v in EVALUATION_KEYS.items())
+            raise ValueError(f"unknown key(s) {sorted(unknown)}; valid keys: {options}")
+        edges = data.get("lesion_size_edges")
+        return cls(
+            fpr_targets=tuple(float(p) for p in data.get("fpr_targets", cls.fpr_targets)),
+            postprocessing=PostProcessing.from_config(data.get("postprocessing", "none")),
+            lesion_size_edges=None if edges is None else tuple(float(e) for e in edges),
+            bins=ScoreBins(int(data.get("sub_bins_per_octave", ScoreBins.sub_bins_per_octave))),
+            curve_points=int(data.get("curve_points", 1000)),
+            name=name,
+        )
+
+    @property
+    def threshold_names(self) -> list[str]:
+        return [threshold_name(p) for p in self.fpr_targets]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "profile": self.name,
+            "fpr_targets": list(self.fpr_targets),
+            "postprocessing": self.postprocessing.describe(),
+            "lesion_size_edges": "test-set quartiles (25th, 75th percentiles)" if self.lesion_size_edges is None
+            else list(self.lesion_size_edges),
+            "histogram": self.bins.describe(),
+        }

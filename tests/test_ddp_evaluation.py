@@ -1,0 +1,62 @@
+"""The evaluation engine gives the same numbers on 1 and 2 DDP processes (CPU, gloo) on the same data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("ddp_evaluation.py")
+REPO = SCRIPT.parent.parent
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}/{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{prefix}[{i}]")
+    else:
+        yield prefix, tree
+
+
+def _evaluate(tmp_path: Path, devices: int) -> dict:
+    out = tmp_path / f"devices{devices}.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), str(tmp_path / "data")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_single_process_metrics(tmp_path):
+    single = _evaluate(tmp_path, 1)
+    double = _evaluate(tmp_path, 2)
+    assert double["none"]["rank"] == 0
+    for profile in ("none", "volumetric"):
+        tumor = single[profile]["test_sets"]["tumor"]
+        assert tumor["pixel"]["n_lesion_pixels"] > 0 and tumor["sample"]["n_slices"] > 10  # non-trivial data
+        assert set(tumor["calibrated"]) == {"healthy_fpr@1%", "healthy_fpr@2%", "healthy_fpr@5%"}
+    left, right = dict(_leaves(single)), dict(_leaves(double))
+    left.pop("/none/rank"), left.pop("/volumetric/rank"), right.pop("/none/rank"), right.pop("/volumetric/rank")
+    assert left.keys() == right.keys()
+    for key, value in left.items():
+        other = right[key]
+        if isinstance(value, float) and isinstance(other, float):
+            assert other == pytest.approx(value, abs=1e-6, rel=0), key
+        elif value is None or other is None:
+            assert value is None and other is None, key  # NaN (null) on both sides
+        else:
+            assert value == other, key
+    # the volumetric profile post-processed whole volumes on each rank: its thresholded metrics differ from raw
+    raw, processed = single["none"]["test_sets"]["tumor"], single["volumetric"]["test_sets"]["tumor"]
+    assert raw["pixel"] == processed["pixel"]
+    key = "healthy_fpr@5%"
+    assert not math.isclose(raw["calibrated"][key]["dice"], processed["calibrated"][key]["dice"])
