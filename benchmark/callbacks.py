@@ -13,6 +13,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from benchmark.metrics import EvaluationSettings, HealthyCalibration, SetLayout, TestSetEvaluator, check_output
+from benchmark.metrics.volumes import slices_per_subject
 from datamodules.base import AnomalyDataModule, DatasetSplits
 from lightning_modules.base import AnomalyOutput
 
@@ -47,9 +48,8 @@ class EvaluationCallback(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.VALIDATING:
             return
-        val = self._splits(trainer).val
-        layout = SetLayout(val.subjects, np.zeros(len(val), dtype=np.int64))
-        self._calibrator = HealthyCalibration(self.settings, layout.slices_per_subject).to(pl_module.device)
+        subjects = self._splits(trainer).val.subjects
+        self._calibrator = HealthyCalibration(self.settings, slices_per_subject(subjects)).to(pl_module.device)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -35,8 +35,13 @@ def _job(method: str, dataset: str, trainer: str, seed: int, evaluation: str = "
 def _execute(job: Job, results_dir: Path, sweep: str, overwrite: bool, progress: bool) -> dict:
     run_dir = job.run_dir(results_dir, sweep)
     if is_finished(run_dir) and not overwrite:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        protocol = json.loads(json.dumps(job.evaluation.describe()))
+        if any(metrics.get("evaluation", {}).get(key) != value for key, value in protocol.items()):
+            raise ConfigError(f"{run_dir} was evaluated with another evaluation protocol than "
+                              f"{job.evaluation.name!r}; use another --sweep name, or --overwrite to rerun it")
         print(f"[normbench] {run_dir} is finished; reusing its metrics.json (--overwrite to rerun)")
-        return json.loads((run_dir / "metrics.json").read_text())
+        return metrics
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run: no stale checkpoints or TensorBoard events
     print(f"[normbench] {job.method.name} on {job.dataset.name}, seed {job.seed} -> {run_dir}")

@@ -15,12 +15,16 @@ Prints a Markdown table (items/s and speed-up of the cache) for docs/performance
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmark.config import load_component
 from datamodules.base import SliceDataset

@@ -160,7 +160,7 @@ def test_overwrite_starts_the_job_from_scratch(configs, capsys):
     assert not stale.exists() and json.loads((run / "metrics.json").read_text())["status"] == "completed"
 
 
-def test_evaluation_profile_is_selectable_and_recorded(configs):
+def test_evaluation_profile_is_selectable_and_recorded(configs, capsys):
     evaluation = configs["root"] / "volumetric.yaml"
     evaluation.write_text(yaml.safe_dump({"fpr_targets": [0.05],
                                           "postprocessing": {"name": "baur", "roi_erosion_iterations": 1}}))
@@ -173,3 +173,6 @@ def test_evaluation_profile_is_selectable_and_recorded(configs):
     assert list(metrics["calibration"]["thresholds"]) == ["healthy_fpr@5%"]
     assert list(metrics["test_sets"]["tumor"]["calibrated"]) == ["healthy_fpr@5%"]
     assert yaml.safe_load((run / "config.yaml").read_text())["evaluation"]["profile"] == "volumetric"
+    # a finished run is never reported under another protocol: the default one must not reuse these metrics
+    assert _run(configs, "intensity", "--sweep", "volumetric") == 2
+    assert "another evaluation protocol" in capsys.readouterr().err

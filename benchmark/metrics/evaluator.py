@@ -26,7 +26,7 @@ from benchmark.metrics.histogram import PixelHistogram
 from benchmark.metrics.ranking import BinaryRanking
 from benchmark.metrics.settings import EvaluationSettings
 from benchmark.metrics.thresholded import ThresholdedCounts, confusion_counts, operating_point, volume_dice
-from benchmark.metrics.volumes import MapStream
+from benchmark.metrics.volumes import MapStream, slices_per_subject
 from lightning_modules.base import AnomalyOutput
 
 
@@ -61,9 +61,8 @@ class SetLayout:
     """What the evaluator needs to know about a set before its batches arrive: subjects and lesion areas."""
 
     def __init__(self, subjects: Sequence[str], lesion_areas: np.ndarray) -> None:
-        names, counts = np.unique(np.asarray(subjects, dtype=str), return_counts=True)
-        self.subjects = names.tolist()
-        self.slices_per_subject = dict(zip(self.subjects, counts.tolist(), strict=True))
+        self.slices_per_subject = slices_per_subject(subjects)
+        self.subjects = list(self.slices_per_subject)  # sorted
         self.lesion_areas = np.asarray(lesion_areas, dtype=np.int64)
 
     @classmethod

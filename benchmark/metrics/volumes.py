@@ -19,6 +19,12 @@ from torch import Tensor
 from benchmark.metrics.postprocessing import PostProcessing
 
 
+def slices_per_subject(subjects: np.ndarray | list[str]) -> dict[str, int]:
+    """Number of slices of every subject in a split (what a volume needs before it is complete)."""
+    names, counts = np.unique(np.asarray(subjects, dtype=str), return_counts=True)
+    return dict(zip(names.tolist(), counts.tolist(), strict=True))
+
+
 @dataclass
 class Volume:
     """One subject's evaluated slices, stacked in slice order (gaps between selected slices are closed)."""
