@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
@@ -160,18 +166,27 @@ def image_grid(batch: dict[str, Any], output: AnomalyOutput, max_rows: int = 8) 
 
 class ImageGridCallback(pl.Callback):
     """Logs image grids (input / reconstruction / anomaly map / mask) and anomaly-map histograms to TensorBoard:
-    the first validation batch every ``every_n_epochs`` epochs and one batch of every test set."""
+    the first validation batch every ``every_n_epochs`` epochs and one batch of every test set. Test grids are also
+    saved as ``<default_root_dir>/figures/qualitative_<test set>.png`` for the sweep report."""
 
     def __init__(self, every_n_epochs: int = 1, max_rows: int = 8) -> None:
         self.every_n_epochs = max(1, every_n_epochs)
         self.max_rows = max_rows
 
     def _log(self, trainer: pl.Trainer, tag: str, batch: Any, outputs: Any) -> None:
-        writer = _tensorboard(trainer)
-        if writer is None or not isinstance(outputs, AnomalyOutput):
+        if not trainer.is_global_zero or not isinstance(outputs, AnomalyOutput):
             return
-        writer.add_image(f"{tag}/input_reconstruction_map_mask", image_grid(batch, outputs, self.max_rows),
-                         global_step=trainer.global_step, dataformats="CHW")
+        grid = image_grid(batch, outputs, self.max_rows)
+        if tag.startswith("test/"):
+            figures = Path(trainer.default_root_dir) / "figures"
+            figures.mkdir(parents=True, exist_ok=True)
+            plt.imsave(figures / f"qualitative_{tag.removeprefix('test/')}.png", grid[0].numpy(), cmap="gray",
+                       vmin=0.0, vmax=1.0)
+        writer = _tensorboard(trainer)
+        if writer is None:
+            return
+        writer.add_image(f"{tag}/input_reconstruction_map_mask", grid, global_step=trainer.global_step,
+                         dataformats="CHW")
         roi = batch["roi"] > 0.5
         values = outputs.anomaly_map.to(roi.device)[roi]
         if values.numel():
@@ -202,3 +217,36 @@ class ImageGridCallback(pl.Callback):
             if index not in self._logged:
                 self._log(trainer, f"test/{trainer.datamodule.test_set_names[index]}", batch, outputs)
         self._fallback.clear()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+class FiniteLossGuard(pl.Callback):
+    """Stops a run whose training loss becomes NaN / Inf, so the runner records it as failed instead of testing a
+    broken model (checked on the step output, and on logged ``train/*`` values for manual optimisation)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        values = {"loss": loss} if isinstance(loss, Tensor) else {}
+        values.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+        for name, value in values.items():
+            if isinstance(value, Tensor) and value.numel() and not bool(torch.isfinite(value.detach()).all()):
+                raise NonFiniteLossError(f"non-finite training {name} ({float(value.detach().float().mean())}) at "
+                                         f"epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+
+class RandomStateCheckpoint(pl.Callback):
+    """Stores the torch / CUDA / numpy / Python random states in every checkpoint and restores them on resume, so a
+    run resumed from ``last.ckpt`` continues exactly as an uninterrupted one would (Lightning does not save them)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        kind, keys, *rest = states["numpy"]  # plain lists: checkpoints load with torch.load(weights_only=True)
+        return {**states, "numpy": (kind, keys.tolist(), *rest)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        kind, keys, *rest = state_dict["numpy"]
+        _set_rng_states({**state_dict, "numpy": (kind, np.asarray(keys, dtype=np.uint32), *rest)})

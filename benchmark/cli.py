@@ -1,9 +1,13 @@
-"""Command line of NormBench (``python run_benchmark.py ...``)."""
+"""Command line of NormBench (``python run_benchmark.py ...``).
+
+``python run_benchmark.py`` runs the default sweep; ``sweep``, ``run``, ``leaderboard``, ``compare``, ``report``
+and ``list`` are the sub-commands. ``key=value`` arguments override any configuration value (see
+``benchmark/sweep.py``); ``--devices``, ``--precision`` and ``--backend`` are shortcuts for the common ones.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -11,42 +15,10 @@ import traceback
 import warnings
 from pathlib import Path
 
-from benchmark.config import (
-    CONFIG_DIR,
-    ConfigError,
-    available,
-    find_config,
-    load_component,
-    load_evaluation,
-    load_trainer_profile,
-    load_yaml,
-)
-from benchmark.job import Job, is_finished, run_job
+from benchmark.config import CONFIG_DIR, ConfigError, available
+from benchmark.runner import JobOutcome, is_rank_zero, read_json, run_from_job_file, run_sweep
+from benchmark.sweep import Sweep, build_sweep, load_sweep
 from datamodules.errors import DataError
-
-SWEEP_KEYS = {"methods", "datasets", "seeds", "trainer", "evaluation"}
-
-
-def _job(method: str, dataset: str, trainer: str, seed: int, evaluation: str = "default") -> Job:
-    return Job(load_component("methods", method), load_component("datasets", dataset), load_trainer_profile(trainer),
-               seed, load_evaluation(evaluation))
-
-
-def _execute(job: Job, results_dir: Path, sweep: str, overwrite: bool, progress: bool) -> dict:
-    run_dir = job.run_dir(results_dir, sweep)
-    if is_finished(run_dir) and not overwrite:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        protocol = json.loads(json.dumps(job.evaluation.describe()))
-        if any(metrics.get("evaluation", {}).get(key) != value for key, value in protocol.items()):
-            raise ConfigError(f"{run_dir} was evaluated with another evaluation protocol than "
-                              f"{job.evaluation.name!r}; use another --sweep name, or --overwrite to rerun it")
-        print(f"[normbench] {run_dir} is finished; reusing its metrics.json (--overwrite to rerun)")
-        return metrics
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)  # a fresh run: no stale checkpoints or TensorBoard events
-    print(f"[normbench] {job.method.name} on {job.dataset.name}, seed {job.seed} -> {run_dir}")
-    return run_job(job, run_dir, progress=progress)
-
 
 SUMMARY_COLUMNS = (("pixel AUROC", ("pixel", "auroc")), ("pixel AUPRC", ("pixel", "auprc")),
                    ("best Dice*", ("pixel", "best_dice")), ("Dice@5%FPR", ("calibrated", "healthy_fpr@5%", "dice")),
@@ -72,37 +44,110 @@ def _summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    shortcuts = [f"trainer.devices={args.devices}"] if args.devices is not None else []
+    if args.devices is not None and args.devices != 1:
+        shortcuts.append("trainer.strategy=ddp")
+    if args.precision:
+        shortcuts.append(f"trainer.precision={args.precision}")
+    if args.backend:
+        shortcuts.append(f"backend.kind={args.backend}")
+    return [*shortcuts, *args.overrides]
+
+
+def _update_outputs(sweep: Sweep, final: bool = False):
+    """After each job: the leaderboard; at the end also the report. Their failure never stops the sweep."""
+
+    def update(sweep_dir: Path) -> None:
+        if not is_rank_zero():
+            return
+        from benchmark.leaderboard import write_leaderboard
+
+        try:
+            write_leaderboard(sweep_dir, primary=sweep.primary_metric)
+            if final:
+                from benchmark.report import write_report
+
+                write_report(sweep_dir, primary=sweep.primary_metric)
+        except Exception as error:  # results stay in the run folders; say what went wrong
+            print(f"[normbench] could not update the leaderboard / report in {sweep_dir}: {error}", file=sys.stderr)
+            traceback.print_exc()
+
+    return update
+
+
+def _execute(sweep: Sweep, args: argparse.Namespace) -> list[JobOutcome]:
+    results = Path(args.results_dir)
+    if args.overwrite:
+        for job in sweep.jobs:
+            run_dir = job.run_dir(results, sweep.name)
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # a fresh run: no stale checkpoints or TensorBoard events
+    outcomes = run_sweep(sweep, results, progress=not args.quiet, after_job=_update_outputs(sweep))
+    sweep_dir = results / sweep.name
+    if any(o.status != "skipped" for o in outcomes) or not (sweep_dir / "report.md").is_file():
+        _update_outputs(sweep, final=True)(sweep_dir)
+    return outcomes
+
+
+def _finish(sweep: Sweep, outcomes: list[JobOutcome], results_dir: Path) -> int:
+    rows = [read_json(o.job.run_dir(results_dir, sweep.name) / "metrics.json") or {} for o in outcomes]
+    print(_summary([r for r in rows if r.get("status") == "completed"]))
+    sweep_dir = results_dir / sweep.name
+    print(f"[normbench] leaderboard: {sweep_dir / 'leaderboard.csv'}  report: {sweep_dir / 'report.md'}  "
+          f"TensorBoard: tensorboard --logdir {sweep_dir / 'runs'}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    for outcome in failed:
+        job = outcome.job
+        print(f"[normbench] FAILED {job.method.name} / {job.dataset.name} / seed {job.seed}: {outcome.error}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Every method x dataset x seed of a sweep config; failures are recorded and the others still run."""
+    sweep = load_sweep(args.config, _overrides(args))
+    return _finish(sweep, _execute(sweep, args), Path(args.results_dir))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    job = _job(args.method, args.dataset, args.trainer, args.seed, args.evaluation)
-    metrics = _execute(job, Path(args.results_dir), args.sweep, args.overwrite, not args.quiet)
-    print(_summary([metrics]))
-    print(f"[normbench] metrics: {job.run_dir(Path(args.results_dir), args.sweep) / 'metrics.json'}")
+    if args.job:  # one prepared job (a multi-device child process or a submitit worker)
+        run_from_job_file(Path(args.job), progress=not args.quiet)
+        return 0
+    if not (args.method and args.dataset):
+        raise ConfigError("run needs --method and --dataset (or --job PATH/job.json)")
+    data = {"methods": [args.method], "datasets": [args.dataset], "seeds": [args.seed], "trainer": args.trainer,
+            "evaluation": args.evaluation}
+    sweep = build_sweep(args.sweep, data, _overrides(args), "command line")
+    return _finish(sweep, _execute(sweep, args), Path(args.results_dir))
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import write_leaderboard
+
+    path = write_leaderboard(Path(args.sweep_dir), primary=args.primary)
+    print(f"[normbench] wrote {path}")
     return 0
 
 
-def cmd_default(args: argparse.Namespace) -> int:
-    """The default benchmark: every method x dataset x seed of ``configs/sweeps/<sweep>.yaml``, one after another.
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import write_leaderboard
+    from benchmark.report import write_report
 
-    A failing job is reported and the others still run. (The resumable sweep runner with leaderboard and report
-    builds on this.)"""
-    path = find_config("sweeps", args.sweep_config)
-    sweep = load_yaml(path)
-    unknown = set(sweep) - SWEEP_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(SWEEP_KEYS)}")
-    jobs = [_job(m, d, sweep.get("trainer", "cpu"), s, sweep.get("evaluation", "default"))
-            for d in sweep["datasets"] for m in sweep["methods"] for s in sweep.get("seeds", [0])]
-    rows, failures = [], []
-    for job in jobs:
-        try:
-            rows.append(_execute(job, Path(args.results_dir), path.stem, args.overwrite, not args.quiet))
-        except Exception as error:  # one failing job never stops the rest
-            failures.append(f"{job.method.name}/{job.dataset.name}/seed_{job.seed}: {type(error).__name__}: {error}")
-            traceback.print_exc()
-    print(_summary(rows))
-    for failure in failures:
-        print(f"[normbench] FAILED {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    write_leaderboard(Path(args.sweep_dir), primary=args.primary)
+    print(f"[normbench] wrote {write_report(Path(args.sweep_dir), primary=args.primary)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmark.compare import compare
+
+    new = Path(args.new)
+    out = Path(args.out) if args.out else (new if new.is_dir() else new.parent) / "compare"
+    result = compare(new, Path(args.against), out_dir=out, primary=args.primary)
+    print(result.to_markdown())
+    print(f"[normbench] comparison saved in {out}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -111,40 +156,78 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(top_level: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the sub-command (sub-commands do not reset those given before them)."""
+    options = argparse.ArgumentParser(add_help=False)
+    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+    options.add_argument("--results-dir", default=default("results"), help="root folder of all results")
+    options.add_argument("--overwrite", action="store_true", default=default(False),
+                         help="delete the run folder of each job and train it again from scratch")
+    options.add_argument("--quiet", action="store_true", default=default(False), help="no progress bars")
+    options.add_argument("--devices", type=int, default=default(None),
+                         help="devices per job (shortcut for trainer.devices=N, with DDP when N > 1)")
+    options.add_argument("--precision", default=default(None),
+                         help="e.g. bf16-mixed, 16-mixed (shortcut for trainer.precision=...)")
+    options.add_argument("--backend", choices=("local", "submitit"), default=default(None),
+                         help="shortcut for backend.kind=...")
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_benchmark.py", description=__doc__)
-    parser.add_argument("--results-dir", default="results", help="root folder of all results (default: results)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete the run folder of each job and train it again from scratch")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--sweep-config", default="default", help="sweep run when no command is given")
-    parser.set_defaults(func=cmd_default)
+    common = _options(top_level=False)
+    parser = argparse.ArgumentParser(prog="run_benchmark.py", description=__doc__, parents=[_options(True)],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default", help="sweep run when no command is given")
+    parser.set_defaults(func=cmd_sweep, overrides=[])
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="train and evaluate one method on one dataset")
-    run.add_argument("--method", required=True, help=f"method name ({CONFIG_DIR / 'methods'}) or YAML path")
-    run.add_argument("--dataset", required=True, help=f"dataset name ({CONFIG_DIR / 'datasets'}) or YAML path")
+    overrides = {"nargs": "*", "metavar": "key=value",
+                 "help": "configuration overrides, e.g. trainer.max_epochs=5 methods.ae.lr=0.001 seeds=[0,1,2]"}
+
+    sweep = sub.add_parser("sweep", parents=[common], help="run every job of a sweep config")
+    sweep.add_argument("--config", default="default", help="sweep name (configs/sweeps) or YAML path")
+    sweep.add_argument("overrides", **overrides)
+    sweep.set_defaults(func=cmd_sweep)
+
+    run = sub.add_parser("run", parents=[common], help="train and evaluate one method on one dataset")
+    run.add_argument("--method", help=f"method name ({CONFIG_DIR / 'methods'}) or YAML path")
+    run.add_argument("--dataset", help=f"dataset name ({CONFIG_DIR / 'datasets'}) or YAML path")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--trainer", default="cpu", help="trainer profile (configs/trainers)")
     run.add_argument("--evaluation", default="default",
                      help="evaluation protocol (configs/evaluation: default, baur) or YAML path")
     run.add_argument("--sweep", default="adhoc", help="results go to RESULTS_DIR/SWEEP/runs/... (default: adhoc)")
+    run.add_argument("--job", help=argparse.SUPPRESS)  # internal: run a prepared job.json
+    run.add_argument("overrides", **overrides)
     run.set_defaults(func=cmd_run)
-    sub.add_parser("list", help="list methods, datasets, trainer profiles and sweeps").set_defaults(func=cmd_list)
+
+    for name, func, text in (("leaderboard", cmd_leaderboard, "rebuild SWEEP_DIR/leaderboard.csv from its runs"),
+                             ("report", cmd_report, "rebuild the leaderboard and SWEEP_DIR/report.md")):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("sweep_dir", help="a sweep folder, e.g. results/default")
+        command.add_argument("--primary", default="pixel/auprc", help="rank metric (default: pixel/auprc)")
+        command.set_defaults(func=func)
+
+    comp = sub.add_parser("compare", parents=[common], help="compare a sweep or leaderboard with a reference")
+    comp.add_argument("new", help="a sweep folder or leaderboard.csv")
+    comp.add_argument("--against", required=True, help="reference leaderboard.csv, e.g. results/reference/...")
+    comp.add_argument("--out", help="where to save compare.csv/.md/.png (default: beside NEW, in compare/)")
+    comp.add_argument("--primary", default="pixel/auprc", help="rank metric (default: pixel/auprc)")
+    comp.set_defaults(func=cmd_compare)
+
+    sub.add_parser("list", help="list methods, datasets, trainer / evaluation profiles and sweeps").set_defaults(
+        func=cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest:  # global options may also follow the sub-command
-        args = parser.parse_args(rest, namespace=args)
+    args = build_parser().parse_args(argv)
     # a known deprecation inside Lightning's own code under recent torch: noise for our users
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    if args.quiet:
+    if getattr(args, "quiet", False):
         logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
         logging.getLogger("lightning_fabric").setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ under test, then ``trainer.test`` scores every test set (see ``benchmark/metrics
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -19,10 +20,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from benchmark.callbacks import EvaluationCallback, ImageGridCallback
+from benchmark.callbacks import (
+    EvaluationCallback,
+    FiniteLossGuard,
+    ImageGridCallback,
+    RandomStateCheckpoint,
+    flatten_scalars,
+)
 from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
 from benchmark.io import write_json, write_yaml
 from benchmark.metrics import EvaluationSettings
@@ -47,6 +54,43 @@ class Job:
         return Path(results_dir) / sweep / "runs" / self.dataset.name / self.method.name / f"seed_{self.seed}"
 
 
+def job_key(job: Job) -> str:
+    """Hash of everything that determines a job's result."""
+    payload = json.dumps(job_spec(job, include_key=False), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def job_spec(job: Job, include_key: bool = True) -> dict[str, Any]:
+    """A JSON-able description of a job, from which :func:`job_from_spec` rebuilds it (saved as ``job.json``)."""
+    spec = {
+        "method": {"name": job.method.name, **job.method.resolved()},
+        "dataset": {"name": job.dataset.name, **job.dataset.resolved()},
+        "profile": {"name": job.profile.name, "trainer": job.profile.trainer,
+                    "early_stopping_patience": job.profile.early_stopping_patience,
+                    "image_grid_every_n_epochs": job.profile.image_grid_every_n_epochs},
+        "evaluation": {"name": job.evaluation.name, **job.evaluation.to_mapping()},
+        "seed": job.seed,
+    }
+    if include_key:
+        spec["key"] = job_key(job)
+    return spec
+
+
+def job_from_spec(spec: dict[str, Any], source: str = "job.json") -> Job:
+    """Rebuild a :class:`Job` from :func:`job_spec` output (checked like a config file)."""
+    method, dataset = dict(spec["method"]), dict(spec["dataset"])
+    profile, evaluation = dict(spec["profile"]), dict(spec["evaluation"])
+    method_config = ComponentConfig(method["name"], method["class_path"], method["init_args"], source)
+    dataset_config = ComponentConfig(dataset["name"], dataset["class_path"], dataset["init_args"], source)
+    method_config.validate()
+    dataset_config.validate()
+    trainer = TrainerProfile(profile["name"], profile["trainer"], profile["early_stopping_patience"],
+                             profile["image_grid_every_n_epochs"], source)
+    name = evaluation.pop("name")
+    return Job(method_config, dataset_config, trainer, int(spec["seed"]),
+               EvaluationSettings.from_mapping(evaluation, name))
+
+
 def software_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("normbench", "torch", "pytorch-lightning", "torchmetrics", "monai", "numpy", "nibabel"):
@@ -57,15 +101,6 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its metrics.json exists, parses and says so."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        return json.loads(path.read_text()).get("status") == "completed"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def _has_validation_loss(model: AnomalyModule) -> bool:
     return type(model).validation_loss is not AnomalyModule.validation_loss
 
@@ -74,7 +109,8 @@ def _build_trainer(
     job: Job, model: AnomalyModule, run_dir: Path, progress: bool
 ) -> tuple[pl.Trainer, EvaluationCallback]:
     evaluation = EvaluationCallback(job.method.name, job.evaluation)
-    callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs)]
+    callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs),
+                                    FiniteLossGuard(), RandomStateCheckpoint(), LearningRateMonitor()]
     monitored = _has_validation_loss(model)
     callbacks.append(ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -89,6 +125,20 @@ def _build_trainer(
     options.setdefault("enable_model_summary", False)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     return pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options), evaluation
+
+
+def _log_hparams(trainer: pl.Trainer, job: Job, metrics: dict[str, Any]) -> None:
+    """TensorBoard's HPARAMS tab: the method's arguments, seed and profile, with the headline test metrics."""
+    if not isinstance(trainer.logger, TensorBoardLogger):
+        return
+    params = {f"method/{k}": v for k, v in job.method.init_args.items()}
+    params.update(method=job.method.name, dataset=job.dataset.name, seed=job.seed, trainer=job.profile.name,
+                  evaluation=job.evaluation.name)
+    finals = {f"hparams/{name}/{key}": value for name, result in metrics["test_sets"].items()
+              for key, value in flatten_scalars(result).items()
+              if key in ("pixel/auroc", "pixel/auprc", "calibrated/healthy_fpr@5%/dice", "sample/auroc")}
+    trainer.logger.log_hyperparams({k: v if isinstance(v, int | float | str | bool) else str(v)
+                                    for k, v in params.items()}, finals)
 
 
 def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -120,12 +170,18 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     })
     trainer, evaluation = _build_trainer(job, model, run_dir, progress)
 
-    train_time, test_ckpt = 0.0, None
+    train_time, test_ckpt, trained_images = 0.0, None, 0
     if model.requires_training:
         last = run_dir / "checkpoints" / "last.ckpt"
+        resumed_from = trainer_step = 0
+        if last.is_file():
+            resumed_from = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+            print(f"[normbench] resuming {run_dir} from {last.name} (step {resumed_from})")
         t0 = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
         train_time = time.perf_counter() - t0
+        trainer_step = trainer.global_step - resumed_from
+        trained_images = trainer_step * datamodule.batch_size * trainer.world_size
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
             test_ckpt = trainer.checkpoint_callback.best_model_path
     t0 = time.perf_counter()
@@ -142,6 +198,7 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         "method": job.method.name,
         "dataset": job.dataset.name,
         "seed": job.seed,
+        "key": job_key(job),
         "test_sets": evaluation.results,
         "calibration": evaluation.calibration,
         "evaluation": {
@@ -163,14 +220,17 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
             "global_steps": trainer.global_step,
             "n_parameters": model.num_parameters(),
             "train_slices": len(datamodule.splits.train),
+            "train_images_per_s": trained_images / train_time if train_time > 0 else None,
             "inference_images_per_s": n_test / test_time if test_time > 0 else None,
             "device": str(trainer.strategy.root_device),
+            "devices": trainer.world_size,
             "precision": str(trainer.precision),
             "torch_threads": torch.get_num_threads(),
         },
         "versions": software_versions(),
     }
     if trainer.is_global_zero:
+        _log_hparams(trainer, job, metrics)
         write_json(run_dir / "curves.json", {"schema": "normbench.curves/1", "pixel": evaluation.curves})
         write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return metrics

@@ -23,7 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datamodules.errors import DataError
 
@@ -137,6 +137,28 @@ class SubjectShardSampler(DistributedSampler):
         return len(self.indices)
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Single-device training sampler: a fresh permutation per epoch from ``(seed, epoch)`` alone.
+
+    A plain ``shuffle=True`` draws its order from the global random state, so a run resumed from a checkpoint
+    would see other batches than an uninterrupted one; Lightning calls ``set_epoch`` on this sampler like on a
+    ``DistributedSampler``, which makes resumed training repeat the uninterrupted run exactly.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class AnomalyDataModule(pl.LightningDataModule):
     """Base class: healthy train / val loaders, one test loader per named test set, an optional unlabelled pool.
 
@@ -178,12 +200,16 @@ class AnomalyDataModule(pl.LightningDataModule):
         return self.splits
 
     def _loader(self, arrays: SliceArrays, train: bool) -> DataLoader:
-        distributed = not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if train:  # under DDP Lightning swaps shuffle=True for a DistributedSampler seeded by epoch
+            sampler = None if distributed else EpochShuffleSampler(len(arrays), torch.initial_seed())
+        else:
+            sampler = SubjectShardSampler(arrays.subjects) if distributed else None
         return DataLoader(
             SliceDataset(arrays),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            sampler=SubjectShardSampler(arrays.subjects) if distributed else None,
+            shuffle=train and distributed,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
@@ -73,3 +74,22 @@ def nifti_datamodule(tiny: dict, **overrides):
                 batch_size=4, progress=False)
     args.update(overrides)
     return NiftiDataModule(**args)
+
+
+TINY_DATA = {"n_train": 3, "n_val": 2, "n_test_healthy": 1, "n_test_per_lesion": 2, "n_unlabelled": 0,
+             "lesion_kinds": ["tumor", "stroke"], "resolution_mm": 4.0, "image_size": 32, "batch_size": 16,
+             "min_lesion_pixels": 3}
+TINY_TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": 2, "log_every_n_steps": 1,
+                "num_sanity_val_steps": 0, "deterministic": True}
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep_setup(tmp_path_factory) -> dict[str, Path]:
+    """A tiny synthetic-brain dataset config (4 mm, 32 px; generated once per session) and a 2-epoch CPU profile."""
+    root = tmp_path_factory.mktemp("tiny_sweeps")
+    (root / "tiny_brain.yaml").write_text(yaml.safe_dump({
+        "class_path": "datamodules.synthetic_brain.SyntheticBrainDataModule",
+        "init_args": {"data_root": str(root / "data"), **TINY_DATA}}))
+    (root / "tiny_cpu.yaml").write_text(yaml.safe_dump({"trainer": TINY_TRAINER, "early_stopping_patience": None,
+                                                        "image_grid_every_n_epochs": 1}))
+    return {"root": root, "dataset": root / "tiny_brain.yaml", "trainer": root / "tiny_cpu.yaml"}

@@ -103,7 +103,7 @@ def test_baselines_through_the_default_command(configs, capsys):
     sweep = configs["root"] / "tiny_sweep.yaml"
     sweep.write_text(yaml.safe_dump({"methods": ["random", "intensity"], "datasets": [str(configs["dataset"])],
                                      "seeds": [0], "trainer": str(configs["trainer"])}))
-    assert main(["--sweep-config", str(sweep), "--results-dir", str(configs["results"]), "--quiet"]) == 0
+    assert main(["sweep", "--config", str(sweep), "--results-dir", str(configs["results"]), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "random" in out and "intensity" in out
     folder = configs["results"] / "tiny_sweep" / "runs" / "tiny_brain"
@@ -173,6 +173,9 @@ def test_evaluation_profile_is_selectable_and_recorded(configs, capsys):
     assert list(metrics["calibration"]["thresholds"]) == ["healthy_fpr@5%"]
     assert list(metrics["test_sets"]["tumor"]["calibrated"]) == ["healthy_fpr@5%"]
     assert yaml.safe_load((run / "config.yaml").read_text())["evaluation"]["profile"] == "volumetric"
-    # a finished run is never reported under another protocol: the default one must not reuse these metrics
-    assert _run(configs, "intensity", "--sweep", "volumetric") == 2
-    assert "another evaluation protocol" in capsys.readouterr().err
+    # the protocol is part of the job's key: under the default protocol the job is a new one, the old run moves aside
+    assert _run(configs, "intensity", "--sweep", "volumetric") == 0
+    assert "configuration changed" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["evaluation"]["postprocessing"]["name"] == "none"
+    assert len(list(run.parent.glob(".seed_0.replaced-*"))) == 1

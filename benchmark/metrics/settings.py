@@ -58,6 +58,16 @@ class EvaluationSettings:
             name=name,
         )
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The configuration mapping that :meth:`from_mapping` turns back into these settings."""
+        return {
+            "fpr_targets": list(self.fpr_targets),
+            "postprocessing": self.postprocessing.describe(),
+            "lesion_size_edges": None if self.lesion_size_edges is None else list(self.lesion_size_edges),
+            "sub_bins_per_octave": self.bins.sub_bins_per_octave,
+            "curve_points": self.curve_points,
+        }
+
     @property
     def threshold_names(self) -> list[str]:
         return [threshold_name(p) for p in self.fpr_targets]

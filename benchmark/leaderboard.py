@@ -1,0 +1,288 @@
+"""Leaderboard of a sweep: one row per method x dataset x test set, every metric as mean and std over seeds.
+
+Input: ``<sweep>/runs/<dataset>/<method>/seed_<n>/metrics.json`` (schema ``normbench.metrics/2``, one per job).
+Output: ``<sweep>/leaderboard.csv``, rewritten atomically under a file lock so that runner processes finishing at
+the same time never leave a torn file. Columns, in this order:
+
+* ``method, dataset, test_set, rank, n_seeds, seeds, status, failures``: ``rank`` 1 = best within dataset x test
+  set by the primary metric's mean (higher is better; empty where that mean is NaN); ``n_seeds`` / ``seeds``: the
+  completed seeds behind the numbers; ``status``: ``completed``, ``partial: 1/3 failed`` or ``failed``.
+  A method x dataset whose every seed failed keeps one row, test set ``-``, with its failures.
+* ``<metric>:mean, <metric>:std`` for every metric of :func:`flatten_metrics` (``pixel/auprc``,
+  ``calibrated/healthy_fpr@5%/dice``, ``lesion_size/small/best_dice[oracle_test]``, ...); std is the sample std
+  (ddof 1), NaN with one seed. A null (undefined) value in any seed makes the mean NaN: no metric is averaged
+  over fewer seeds than ``n_seeds`` says.
+* ``wall_time_s, train_time_s, test_time_s, n_parameters, train_images_per_s, inference_images_per_s``: means
+  over the completed seeds (over the failed ones when none completed), of the values present.
+* ``precision, devices, evaluation (profile name), postprocessing, version/torch, version/pytorch-lightning,
+  version/normbench, schema``: as recorded by the runs (distinct values joined with ``;`` if seeds disagree).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from benchmark.io import atomic_write_text
+
+RUN_PATTERN = "runs/*/*/seed_*/metrics.json"
+LEADERBOARD_NAME = "leaderboard.csv"
+NO_TEST_SET = "-"
+ORACLE_SUFFIX = "[oracle_test]"  # best Dice: threshold chosen on the test labels (an upper bound)
+SKIPPED_KEYS = frozenset({"notes", "score_distribution"})
+ID_COLUMNS = ("method", "dataset", "test_set", "rank", "n_seeds", "seeds", "status", "failures")
+RUN_COLUMNS = ("wall_time_s", "train_time_s", "test_time_s", "n_parameters", "train_images_per_s",
+               "inference_images_per_s")
+INFO_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("precision", ("run", "precision")),
+    ("devices", ("run", "devices")),
+    ("evaluation", ("evaluation", "profile")),  # the evaluation profile name
+    ("postprocessing", ("evaluation", "postprocessing")),
+    ("version/torch", ("versions", "torch")),
+    ("version/pytorch-lightning", ("versions", "pytorch-lightning")),
+    ("version/normbench", ("versions", "normbench")),
+    ("schema", ("schema",)),
+)
+MESSAGE_CHARS = 160
+
+
+# ---- reading runs ---------------------------------------------------------------------------------------------
+def _seed(name: str) -> int | str:
+    suffix = name.removeprefix("seed_")
+    return int(suffix) if re.fullmatch(r"\d+", suffix) else suffix
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    """Dataset, method and seed from ``runs/<dataset>/<method>/seed_<n>/metrics.json``."""
+    return {"dataset": path.parts[-4], "method": path.parts[-3], "seed": _seed(path.parts[-2])}
+
+
+def _sort_key(run: dict[str, Any]) -> tuple[str, str, int, int | str]:
+    seed = run["seed"]
+    return str(run["dataset"]), str(run["method"]), int(not isinstance(seed, int)), seed
+
+
+def _unreadable(path: Path, error: Exception) -> dict[str, Any]:
+    return {**_identity(path), "schema": None, "status": "failed", "run": {}, "run_dir": str(path.parent),
+            "error": {"type": type(error).__name__, "message": f"unreadable {path.name}: {error}"}}
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """One parsed metrics.json; an unreadable or malformed one becomes a failed run naming the problem."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        if data.get("status") == "completed" and not isinstance(data.get("test_sets"), dict):
+            raise ValueError("status is 'completed' but there is no test_sets mapping")
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return _unreadable(path, error)
+    return {**_identity(path), **data, "run_dir": str(path.parent)}
+
+
+def sweep_root(sweep_dir: str | Path) -> Path:
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such sweep folder")
+    return root
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Parsed ``metrics.json`` of every run folder of a sweep, sorted by dataset, method and seed.
+
+    Each record is the file's content plus ``run_dir``; dataset, method and seed fall back on the folder names."""
+    paths = sweep_root(sweep_dir).glob(RUN_PATTERN)  # a pattern relative to the root: brackets in it are literal
+    return sorted((_read_run(path) for path in paths), key=_sort_key)
+
+
+# ---- flattening -----------------------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    """A metric value as float (null -> NaN), or None for what is not a metric (strings, lists, booleans)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else math.nan
+
+
+def _metric_name(path: tuple[str, ...]) -> str:
+    name = "/".join(path)
+    return name + ORACLE_SUFFIX if path[-1] == "best_dice" else name
+
+
+def _flatten(node: dict[str, Any], path: tuple[str, ...], out: dict[str, float]) -> None:
+    for key, value in node.items():
+        if key in SKIPPED_KEYS:
+            continue
+        if isinstance(value, dict):
+            _flatten(value, path if key == "bins" else (*path, str(key)), out)
+            continue
+        number = _number(value)
+        if number is not None:
+            out[_metric_name((*path, str(key)))] = number
+
+
+def flatten_metrics(test_set_result: dict[str, Any]) -> dict[str, float]:
+    """Every number of one test set's nested result as ``"pixel/auroc"``, ``"lesion_size/small/auprc"``, ...
+
+    Null becomes NaN (an undefined metric, never 0). Notes, score distributions, strings and lists (bin edges)
+    are left out; ``lesion_size/bins/<bin>`` is shortened to ``lesion_size/<bin>``. Oracle best Dice columns get
+    the suffix ``[oracle_test]``; calibrated ones carry their ``healthy_fpr@p`` threshold in the name."""
+    out: dict[str, float] = {}
+    _flatten(test_set_result, (), out)
+    return out
+
+
+def metric_names(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """Flattened metric names of the completed runs, in order of first appearance."""
+    names: dict[str, None] = {}
+    for run in runs:
+        if run.get("status") == "completed":
+            for result in run["test_sets"].values():
+                names.update(dict.fromkeys(flatten_metrics(result)))
+    return list(names)
+
+
+def check_primary(primary: str, names: list[str]) -> str:
+    """The primary metric's name (a trailing ``:mean`` is accepted); ValueError listing the names if unknown."""
+    name = primary.removesuffix(":mean")
+    if name not in names:
+        raise ValueError(f"primary metric {primary!r} is not among the metrics of this sweep; "
+                         f"available: {', '.join(names) or 'none'}")
+    return name
+
+
+# ---- aggregation ----------------------------------------------------------------------------------------------
+def _status(n_failed: int, n_runs: int) -> str:
+    if n_failed == 0:
+        return "completed"
+    return "failed" if n_failed == n_runs else f"partial: {n_failed}/{n_runs} failed"
+
+
+def _failure(run: dict[str, Any]) -> str:
+    """``seed 1: ValueError: first line of the message`` (shortened)."""
+    error = run.get("error") if isinstance(run.get("error"), dict) else {}
+    kind = error.get("type") or f"status {run.get('status')!r}"
+    message = (str(error.get("message") or "").strip().splitlines() or [""])[0]
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS - 3] + "..."
+    return f"seed {run['seed']}: {kind}: {message}" if message else f"seed {run['seed']}: {kind}"
+
+
+def _lookup(run: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = run
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value.get("name") if isinstance(value, dict) else value  # postprocessing: {name, ...}
+
+
+def _run_columns(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run bookkeeping: numbers averaged over the runs that report them, strings as their distinct values."""
+    row: dict[str, Any] = {}
+    for column in RUN_COLUMNS:
+        values = [_number(_lookup(run, ("run", column))) for run in runs]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        row[column] = float(np.mean(finite)) if finite else math.nan
+    for column, path in INFO_COLUMNS:
+        values = [_lookup(run, path) for run in runs]
+        row[column] = ";".join(dict.fromkeys(str(v) for v in values if v is not None)) or None
+    return row
+
+
+def _aggregate(flat: list[dict[str, float]], names: list[str]) -> dict[str, float]:
+    """``<name>:mean`` and ``<name>:std`` (ddof 1) over seeds; NaN in any seed keeps the mean NaN."""
+    values = np.array([[f.get(name, math.nan) for name in names] for f in flat], dtype=np.float64)
+    means = values.mean(axis=0)
+    stds = values.std(axis=0, ddof=1) if len(flat) > 1 else np.full(len(names), math.nan)
+    row: dict[str, float] = {}
+    for name, mean, std in zip(names, means.tolist(), stds.tolist(), strict=True):
+        row[f"{name}:mean"], row[f"{name}:std"] = mean, std
+    return row
+
+
+def _group_rows(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Rows of one method x dataset (its runs sorted by seed)."""
+    completed = [run for run in runs if run.get("status") == "completed"]
+    failed = [run for run in runs if run.get("status") != "completed"]
+    common = {"method": str(runs[0]["method"]), "dataset": str(runs[0]["dataset"]),
+              "status": _status(len(failed), len(runs)), "failures": " | ".join(_failure(r) for r in failed) or None}
+    if not completed:
+        return [{**common, "test_set": NO_TEST_SET, "n_seeds": 0, "seeds": None, **_run_columns(failed)}]
+    test_sets = dict.fromkeys(name for run in completed for name in run["test_sets"])
+    rows = []
+    for test_set in test_sets:
+        having = [run for run in completed if test_set in run["test_sets"]]
+        flat = [flatten_metrics(run["test_sets"][test_set]) for run in having]
+        rows.append({**common, "test_set": str(test_set), "n_seeds": len(having),
+                     "seeds": ";".join(str(run["seed"]) for run in having),
+                     **_aggregate(flat, names), **_run_columns(having)})
+    return rows
+
+
+def _ranks(frame: pd.DataFrame, primary: str | None) -> pd.Series:
+    if primary is None or frame.empty:
+        return pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    ranks = frame.groupby(["dataset", "test_set"])[f"{primary}:mean"].rank(ascending=False, method="min")
+    return ranks.astype("Int64")
+
+
+def columns(names: list[str]) -> list[str]:
+    """The leaderboard's column order for these metric names."""
+    stats = [f"{name}:{stat}" for name in names for stat in ("mean", "std")]
+    return [*ID_COLUMNS, *stats, *RUN_COLUMNS, *(column for column, _ in INFO_COLUMNS)]
+
+
+def build_leaderboard(sweep_dir: str | Path, primary: str = "pixel/auprc") -> pd.DataFrame:
+    """One row per method x dataset x test set of a sweep folder (see the module docstring for the columns).
+
+    ValueError when the folder holds no run, or the primary metric is not among the metrics of the completed
+    runs (a sweep without any completed run gets a leaderboard of its failures and no ranks)."""
+    runs = collect_runs(sweep_dir)
+    if not runs:
+        raise ValueError(f"{sweep_dir}: no run folder with a metrics.json ({RUN_PATTERN})")
+    names = metric_names(runs)
+    checked = check_primary(primary, names) if names else None
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((str(run["dataset"]), str(run["method"])), []).append(run)
+    rows = [row for group in groups.values() for row in _group_rows(group, names)]
+    frame = pd.DataFrame(rows, columns=columns(names))
+    frame["rank"] = _ranks(frame, checked)
+    frame["n_seeds"] = frame["n_seeds"].astype("int64")
+    frame = frame.sort_values(["dataset", "test_set", "rank", "method"], na_position="last", kind="stable")
+    return frame.reset_index(drop=True)
+
+
+# ---- files ----------------------------------------------------------------------------------------------------
+def leaderboard_csv(frame: pd.DataFrame) -> str:
+    """The CSV text of a leaderboard (NaN as an empty cell, floats written to round-trip exactly)."""
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
+def read_leaderboard(path: str | Path) -> pd.DataFrame:
+    """A leaderboard CSV back as a DataFrame (only empty cells are NaN: a method named ``NA`` stays a name)."""
+    text_columns = {"method": str, "dataset": str, "test_set": str, "seeds": str, "status": str, "failures": str}
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text_columns)
+    return frame.copy()  # one block per dtype instead of one per column
+
+
+def write_leaderboard(sweep_dir: str | Path, primary: str = "pixel/auprc") -> Path:
+    """Build the leaderboard and write ``<sweep_dir>/leaderboard.csv``; returns its path.
+
+    Built and written while holding ``leaderboard.csv.lock``, through a temporary file in the same folder renamed
+    into place: concurrent writers take turns, the last one writes what is on disk by then, and a reader always
+    sees a complete file."""
+    root = sweep_root(sweep_dir)
+    path = root / LEADERBOARD_NAME
+    with FileLock(os.fspath(path) + ".lock"):
+        atomic_write_text(path, leaderboard_csv(build_leaderboard(root, primary)))
+    return path
