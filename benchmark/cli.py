@@ -16,7 +16,8 @@ import warnings
 from pathlib import Path
 
 from benchmark.config import CONFIG_DIR, ConfigError, available
-from benchmark.runner import JobOutcome, is_rank_zero, read_json, run_from_job_file, run_sweep
+from benchmark.io import read_json
+from benchmark.runner import JobOutcome, is_rank_zero, run_from_job_file, run_sweep
 from benchmark.sweep import Sweep, build_sweep, load_sweep
 from datamodules.errors import DataError
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from benchmark.io import atomic_write_text
 from benchmark.leaderboard import NO_TEST_SET, build_leaderboard, read_leaderboard
+from benchmark.markdown import markdown_table
 
 KEYS = ["dataset", "test_set"]
 REQUIRED_COLUMNS = ("method", "dataset", "test_set", "n_seeds")
@@ -29,13 +30,6 @@ DELTA_COLUMNS = ["dataset", "test_set", "metric", "new_method", "ref_method", "s
 
 
 # ---- loading --------------------------------------------------------------------------------------------------
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return read_leaderboard(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a readable CSV file ({error})") from error
-
-
 def _metrics(frame: pd.DataFrame) -> list[str]:
     return [column.removesuffix(":mean") for column in frame.columns if column.endswith(":mean")]
 
@@ -46,7 +40,7 @@ def load_leaderboard(source: str | Path, primary: str = "pixel/auprc") -> pd.Dat
     if path.is_dir():
         frame = build_leaderboard(path, primary)
     elif path.is_file():
-        frame = _read_csv(path)
+        frame = read_leaderboard(path)
     else:
         raise ValueError(f"{path}: no such leaderboard CSV or sweep folder")
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
@@ -120,14 +114,6 @@ def rank_table(new: pd.DataFrame, ref: pd.DataFrame, primary: str) -> pd.DataFra
 
 
 # ---- markdown -------------------------------------------------------------------------------------------------
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; ``|`` inside cells is escaped."""
-    def line(cells: Sequence[object]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])
-
-
 def _number(value: object, signed: bool = False) -> str:
     if value is None or pd.isna(value):
         return "n/a"

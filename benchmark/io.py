@@ -49,3 +49,12 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_yaml(path: str | Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(_json_safe(data), sort_keys=False))
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -270,8 +270,17 @@ def leaderboard_csv(frame: pd.DataFrame) -> str:
 
 def read_leaderboard(path: str | Path) -> pd.DataFrame:
     """A leaderboard CSV back as a DataFrame (only empty cells are NaN: a method named ``NA`` stays a name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write it with `run_benchmark.py leaderboard SWEEP_DIR`")
     text_columns = {"method": str, "dataset": str, "test_set": str, "seeds": str, "status": str, "failures": str}
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text_columns)
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text_columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable CSV file ({error})") from error
+    missing = [column for column in ("method", "dataset", "test_set") if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a leaderboard (missing column(s) {missing})")
     return frame.copy()  # one block per dtype instead of one per column
 
 

@@ -28,7 +28,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from benchmark.io import atomic_write_text
+from benchmark.io import atomic_write_text, read_json
+from benchmark.leaderboard import read_leaderboard
+from benchmark.markdown import markdown_table
 
 HEADLINE = (
     ("pixel AUROC", "pixel/auroc"),
@@ -130,37 +132,15 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(str(value) for value in values))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def find_runs(sweep_dir: Path) -> tuple[Run, ...]:
     """Every ``runs/<dataset>/<method>/seed_<n>/`` folder, sorted by dataset, method and seed."""
     runs = []
     for path in (sweep_dir / "runs").glob("*/*/seed_*"):
         match = SEED_DIR.fullmatch(path.name)
         if path.is_dir() and match:
-            metrics = _read_json(path / "metrics.json")
+            metrics = read_json(path / "metrics.json")
             runs.append(Run(path.parent.parent.name, path.parent.name, int(match.group(1)), path, metrics))
     return tuple(sorted(runs, key=lambda run: (run.dataset, run.method, run.seed)))
-
-
-def read_leaderboard(path: Path) -> pd.DataFrame:
-    """``leaderboard.csv`` with names kept as text and metric / numeric columns as floats (NaN when empty)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: write the leaderboard before the report")
-    board = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in ("method", "dataset", "test_set"):
-        if column not in board.columns:
-            raise ValueError(f"{path}: no {column!r} column")
-    for column in board.columns:
-        if column.endswith((":mean", ":std")) or column == "rank":
-            board[column] = pd.to_numeric(board[column], errors="coerce")
-    return board
 
 
 def load_sweep(sweep_dir: str | Path) -> Sweep:
@@ -184,24 +164,6 @@ def _format_rank(rank: Any) -> str:
     if not _finite(rank):
         return NA
     return str(int(rank)) if float(rank).is_integer() else f"{rank:.1f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
-    """A GitHub-flavoured markdown table, columns padded; ``align`` holds ``l`` or ``r`` per column (default l)."""
-    align = align.ljust(len(header), "l")
-
-    def escape(text: Any) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    cells = [[escape(text) for text in row] for row in [header, *rows]]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        padded = (text.rjust(w) if a == "r" else text.ljust(w) for text, w, a in zip(row, widths, align, strict=True))
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "| " + " | ".join("-" * (w - 1) + ":" if a == "r" else "-" * w for w, a in zip(widths, align, strict=True))
-    return "\n".join([line(cells[0]), rule + " |", *(line(row) for row in cells[1:])])
 
 
 def _link(path: Path, root: Path) -> str:
@@ -421,7 +383,7 @@ def curve_runs(sweep: Sweep, dataset: str) -> CurveRuns:
     chosen: CurveRuns = {}
     for run in sweep.completed(dataset):
         if run.method not in chosen:
-            pixel = (_read_json(run.path / "curves.json") or {}).get("pixel")
+            pixel = (read_json(run.path / "curves.json") or {}).get("pixel")
             if isinstance(pixel, dict):
                 chosen[run.method] = (run, pixel)
     return chosen

@@ -16,7 +16,6 @@ submits one job per run (a SLURM job array, or local subprocesses with ``cluster
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.io import write_json
+from benchmark.io import read_json, write_json
 from benchmark.job import METRICS_SCHEMA, Job, job_from_spec, job_key, job_spec, run_job, software_versions
 from benchmark.sweep import Sweep
 
@@ -46,13 +45,6 @@ class JobOutcome:
     status: str  # completed | skipped | failed
     seconds: float = 0.0
     error: str | None = None
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def is_rank_zero() -> bool:
@@ -102,9 +94,10 @@ def prepare_run_dir(job: Job, run_dir: Path) -> str | None:
     metrics = read_json(run_dir / "metrics.json")
     if metrics and metrics.get("status") == "completed" and metrics.get("key") == key:
         return "finished"
-    recorded = read_json(run_dir / JOB_FILE)
-    if run_dir.exists() and recorded is not None and recorded.get("key") != key:
-        moved = move_aside(run_dir, f"replaced-{recorded.get('key', 'unknown')}")
+    recorded = read_json(run_dir / JOB_FILE) or {}
+    replaced = recorded.get("key", key) != key or (metrics or {}).get("status") == "completed"
+    if run_dir.exists() and replaced and is_rank_zero():
+        moved = move_aside(run_dir, f"replaced-{recorded.get('key', (metrics or {}).get('key', 'unknown'))}")
         print(f"[normbench] configuration changed: moved the old run of {run_dir} to {moved.name}")
     elif metrics is not None and is_rank_zero():
         moved = move_aside(run_dir, "failed")

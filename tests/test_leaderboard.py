@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.compare import compare, markdown_table
+from benchmark.compare import compare
 from benchmark.leaderboard import (
     build_leaderboard,
     collect_runs,
@@ -370,8 +370,3 @@ def test_compare_errors_name_the_file(comparison, tmp_path: Path) -> None:
     elsewhere.write_text(leaderboard_csv(board))
     with pytest.raises(ValueError, match=r"share no dataset / test set.*brats/tumor"):
         compare(comparison["new_sweep"], elsewhere)
-
-
-def test_markdown_table_escapes_pipes() -> None:
-    table = markdown_table(["a", "b"], [["x|y", 1]])
-    assert table.splitlines() == ["| a | b |", "| --- | --- |", "| x\\|y | 1 |"]

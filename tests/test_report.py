@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.report import format_mean_std, markdown_table, write_report
+from benchmark.markdown import markdown_table
+from benchmark.report import format_mean_std, write_report
 
 DATASET = "synth"
 METHODS = ("ae", "intensity")  # intensity has no reconstruction: its grid's second column is blank

@@ -98,6 +98,15 @@ def test_failures_are_recorded_and_the_sweep_goes_on(setup, capsys):
     assert statuses["random"] == "completed"
     assert (results / "failing" / "report.md").is_file()
 
+    # the README's commands on this folder: rebuild leaderboard and report; the bare command reruns nothing finished
+    (results / "failing" / "leaderboard.csv").unlink()
+    assert main(["leaderboard", str(results / "failing")]) == 0
+    assert pd.read_csv(results / "failing" / "leaderboard.csv").equals(board)
+    assert main(["report", str(results / "failing")]) == 0
+    assert main(["--config", str(sweep), "--results-dir", str(results), "--quiet"]) == 1  # failed jobs retried
+    out = capsys.readouterr().out
+    assert "skipping" in out and "retrying a failed job from scratch" in out
+
 
 def test_killed_sweep_resumes_and_matches_an_uninterrupted_one(setup):
     sweep = _sweep(setup, "killable", ["random", "ae"])
@@ -184,3 +193,17 @@ def test_submitit_local_backend_runs_a_two_job_sweep(setup):
     for method in ("random", "intensity"):
         assert _metrics(results, "cluster", method)["status"] == "completed"
     assert (results / "cluster" / "leaderboard.csv").is_file() and (results / "cluster" / "submitit").is_dir()
+
+
+def test_smoke_sweep_end_to_end(tmp_path, monkeypatch):
+    """configs/sweeps/smoke.yaml as shipped: every method, leaderboard, report and TensorBoard logs."""
+    monkeypatch.setenv("NORMBENCH_DATA_DIR", str(tmp_path / "data"))
+    assert main(["sweep", "--config", "smoke", "--results-dir", str(tmp_path / "results"), "--quiet"]) == 0
+    folder = tmp_path / "results" / "smoke"
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert set(board["method"]) == {"random", "intensity", "ae"} and set(board["status"]) == {"completed"}
+    assert set(board.loc[board["test_set"] == "tumor", "rank"]) == {1, 2, 3}
+    report = (folder / "report.md").read_text()
+    assert "## Dataset `synthetic_brain`" in report and "figures/" in report
+    for method in ("random", "intensity", "ae"):
+        assert list((folder / "runs" / "synthetic_brain" / method / "seed_0" / "tensorboard").glob("events.*"))

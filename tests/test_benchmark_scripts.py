@@ -1,0 +1,39 @@
+"""The README's performance commands run (with tiny sizes): benchmarks/loader.py, metrics.py, evaluator.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_metric_engine_benchmark_reports_every_implementation():
+    table = _script("metrics.py", "--sizes", "20000", "--chunk", "5000")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    assert {"engine", "engine, 1 thread", "scikit-learn", "torchmetrics exact"} <= set(rows)
+    assert float(rows["engine"][7]) < 1e-4  # |dAUROC| against scikit-learn on the same pixels
+
+
+def test_evaluator_benchmark():
+    table = _script("evaluator.py", "--batches", "2", "--batch-size", "4", "--size", "16")
+    assert "| none |" in table and "| baur |" in table
+
+
+@pytest.mark.slow
+def test_loader_benchmark(tiny_sweep_setup):
+    table = _script("loader.py", "--dataset", str(tiny_sweep_setup["dataset"]), "--items", "64", "--nifti-items", "2")
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| ") and "slices/s" not in line]
+    assert [row[1].strip() for row in rows] == ["cache (memmap)", "nifti+preprocess per item", "nifti-only per item"]
+    assert all(float(row[2].replace(",", "")) > 0 for row in rows)
