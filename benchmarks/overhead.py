@@ -1,7 +1,8 @@
 """Lightning overhead: the harness's training step vs a plain PyTorch loop on the same model and batches, one run.
 
     python benchmarks/overhead.py [--method ae] [--dataset synthetic_brain] [--profile cpu] [--batches 0]
-                                  [--epochs 1] [--repeats 11] [--threads N] [--mode both] [--variants] [--cprofile]
+                                  [--epochs 1] [--repeats 11] [--threads N] [--mode both] [--variants]
+                                  [--fixed-cost] [--cprofile]
 
 Setup (not timed):
 
@@ -16,14 +17,17 @@ Contenders:
 * ``plain PyTorch``: ``model.train()``; per batch ``loss = model.reconstruction_loss(image, model(image))`` (the
   forward and loss of ``AutoEncoder.training_step``, without ``self.log``), ``opt.zero_grad()``, ``loss.backward()``,
   ``opt.step()``, with the optimizer that ``configure_optimizers`` returns (built once);
-* ``lightning (harness)``: a fresh ``pl.Trainer`` per measurement, built as ``benchmark/job.py::_build_trainer``
-  builds it: the trainer profile's options (``--profile cpu``: accelerator, precision, ``log_every_n_steps: 5``,
-  ``deterministic: true``), ``EvaluationCallback``, ``ImageGridCallback``, ``ModelCheckpoint(save_last=True,
-  save_top_k=1)`` and a ``TensorBoardLogger`` writing into a temporary folder, ``enable_model_summary=False``, and
-  ``enable_progress_bar=False`` (``run_benchmark.py ... --quiet``). Training only: no validation loader and
-  ``limit_val_batches=0``, hence no ``EarlyStopping`` (it needs ``val/loss``), and ``ModelCheckpoint`` gets
-  ``monitor=None``: it writes ``best-epochNNN.ckpt`` and ``last.ckpt`` at the end of every epoch, as the harness does
-  in every epoch where ``val/loss`` improves. ``max_epochs=--epochs``: both run the same number of steps.
+* ``lightning (harness)``: a fresh ``pl.Trainer`` per measurement from the harness's own
+  ``benchmark/job.py::_build_trainer`` (``progress=False``, i.e. ``run_benchmark.py ... --quiet``): the trainer
+  profile's options (``--profile cpu``: ``log_every_n_steps: 5``, ``deterministic: true``, ...), its callbacks
+  (``EvaluationCallback``, ``ImageGridCallback``, ``FiniteLossGuard``, ``RandomStateCheckpoint``,
+  ``LearningRateMonitor``, ``ModelCheckpoint(save_last=True, save_top_k=1)`` at the time of writing; the run prints
+  the list) and its ``TensorBoardLogger``, writing into a temporary folder. Training only: the profile gets
+  ``limit_val_batches=0`` and no early-stopping patience (``EarlyStopping`` needs ``val/loss``), there is no
+  validation loader, and ``ModelCheckpoint`` gets ``monitor=None``: it writes ``best-epochNNN.ckpt`` and
+  ``last.ckpt`` at the end of every epoch, as the harness does in every epoch where ``val/loss`` improves (with
+  Lightning 2.6 it writes neither in the other epochs: ``save_last`` only follows a top-k save).
+  ``max_epochs=--epochs``: both run the same number of steps.
 
 Timing, wall (``time.perf_counter``) and CPU (``time.process_time``, all threads of the process). For Lightning the
 first callback records ``on_train_start`` and ``on_train_end``: the ``loop`` time holds every step, the logging every
@@ -37,18 +41,24 @@ default job trains 580 steps). The headline ratio is ``lightning loop / plain`` 
 * ``paired``: one fit per round, and a callback runs one plain step (on the plain model, from the plain loader)
   in ``on_train_batch_start`` before every Lightning step; plain time = the sum of those calls, Lightning time = the
   loop time minus them. The two alternate step by step, so load from other tenants hits both alike: on a shared
-  machine this is the schedule to trust.
+  machine this is the schedule to trust. A second table pairs the steps one by one (Lightning's step on batch ``i``
+  = from the end of plain step ``i`` to the start of plain step ``i + 1``), pooled over the rounds: the median
+  per-step ratio and extra ms, the extra time at each epoch's boundary (last step, checkpoints, next epoch's start)
+  and the ratio rebuilt from those medians, which resists bursts of load better than a ratio of sums.
 
 Both run under the same torch flags: the profile's ``deterministic: true`` makes the Trainer call
 ``torch.use_deterministic_algorithms(True)``, a process-wide switch, so a Trainer is built (warm-up) before any
 measurement and the plain loop runs with it too (checked). ``--threads`` pins ``torch.set_num_threads`` (checked
 inside the Lightning loop too). One warm-up epoch of each contender precedes the measurements.
 
-``--variants`` adds Lightning runs with parts of the harness removed, to locate overhead: no logger, no checkpoint,
-neither and no harness callbacks (bare ``pl.Trainer``), and the harness trainer with a model whose
-``training_step`` does not call ``self.log``. ``--cprofile`` profiles one extra harness fit with cProfile and prints
-the top functions. Prints Markdown tables for docs/performance.md. Timings on shared machines are noisy: compare
-within one run.
+``--variants`` adds Lightning runs with parts of the harness removed, to locate overhead: no logger (and so no
+``LearningRateMonitor``), no ``ModelCheckpoint``, none of the harness's callbacks and no logger (bare
+``pl.Trainer``), and the harness trainer with a model whose ``training_step`` does not call ``self.log``.
+``--fixed-cost`` times Lightning's own cost per step apart from the model's compute: the same contenders with a
+one-parameter probe model (``FixedCostProbe``: the AE's loss and its ``self.log`` call, no convolutions), 10 epochs
+per measurement; with the time of one ``trainer.save_checkpoint`` of the real model (always printed) it predicts
+the ratio. ``--cprofile`` profiles one extra harness fit with cProfile and prints the top functions. Prints Markdown
+tables for docs/performance.md. Timings on shared machines are noisy: compare within one run.
 """
 
 from __future__ import annotations
@@ -65,22 +75,22 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmark.callbacks import EvaluationCallback, ImageGridCallback
 from benchmark.config import ComponentConfig, TrainerProfile, load_component, load_trainer_profile
-from lightning_modules.base import AnomalyModule
+from benchmark.job import Job, _build_trainer
+from lightning_modules.base import AnomalyModule, AnomalyOutput
 
 Batch = dict[str, Any]
 PLAIN = "plain PyTorch"
@@ -234,42 +244,54 @@ class Variant:
 
 HARNESS = Variant("lightning (harness)")
 VARIANTS = [
-    Variant("lightning, no TensorBoard logger", logger=False),
+    Variant("lightning, no TensorBoard logger (nor LearningRateMonitor)", logger=False),
     Variant("lightning, no ModelCheckpoint", checkpoint=False),
-    Variant("lightning, bare Trainer (no logger, no callbacks)", logger=False, checkpoint=False,
+    Variant("lightning, bare Trainer (no logger, none of the harness's callbacks)", logger=False, checkpoint=False,
             harness_callbacks=False),
     Variant("lightning (harness), no self.log in training_step", log_in_step=False),
 ]
 
 
-def build_trainer(profile: TrainerProfile, variant: Variant, model: AnomalyModule, run_dir: Path, epochs: int,
+def training_job(method: ComponentConfig, dataset: ComponentConfig, profile: TrainerProfile, seed: int) -> Job:
+    """The harness's job with the profile made training-only: no validation, hence no ``EarlyStopping``."""
+    trainer = {**profile.trainer, "limit_val_batches": 0, "num_sanity_val_steps": 0}
+    return Job(method, dataset, replace(profile, trainer=trainer, early_stopping_patience=None), seed)
+
+
+def build_trainer(job: Job, variant: Variant, model: AnomalyModule, run_dir: Path, epochs: int,
                   first: list[pl.Callback]) -> pl.Trainer:
-    """``benchmark/job.py::_build_trainer`` for training without validation (see the module docstring)."""
-    callbacks = list(first)
-    if variant.harness_callbacks:
-        callbacks += [EvaluationCallback("overhead"), ImageGridCallback(profile.image_grid_every_n_epochs)]
-    if variant.checkpoint:
-        callbacks.append(ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-            monitor=None, mode="min", save_last=True, save_top_k=1,
-        ))
-    options = {**model.trainer_defaults, **profile.trainer}
-    options.update(max_epochs=epochs, limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=variant.checkpoint)
-    logger: TensorBoardLogger | bool = False
-    if variant.logger:
-        logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-    return pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
+    """The harness's own ``benchmark/job.py::_build_trainer`` (its callbacks, logger and Trainer options, no progress
+    bar), for ``epochs`` epochs of training; ``ModelCheckpoint`` gets ``monitor=None`` (best + last every epoch, as in
+    an epoch where ``val/loss`` improves); a variant then drops parts of it; ``first`` callbacks go in front."""
+    job = replace(job, profile=replace(job.profile, trainer={**job.profile.trainer, "max_epochs": epochs}))
+    trainer, _ = _build_trainer(job, model, run_dir, progress=False)
+    kept: list[pl.Callback] = []
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            if not variant.checkpoint:
+                continue
+            callback.monitor = None
+        elif isinstance(callback, LearningRateMonitor) and not variant.logger:
+            continue  # it refuses to run without a logger
+        elif not variant.harness_callbacks:
+            continue
+        kept.append(callback)
+    trainer.callbacks = [*first, *kept]
+    if not variant.logger:
+        trainer.loggers = []
+    return trainer
 
 
 class LightningLoop:
-    def __init__(self, model: AnomalyModule, batches: list[Batch], profile: TrainerProfile, variant: Variant,
-                 workdir: Path) -> None:
-        self.model, self.batches, self.profile, self.variant, self.workdir = model, batches, profile, variant, workdir
+    def __init__(self, model: AnomalyModule, batches: list[Batch], job: Job, variant: Variant, workdir: Path) -> None:
+        self.model, self.batches, self.job, self.variant, self.workdir = model, batches, job, variant, workdir
         if not variant.log_in_step:
             step = forward_loss(model)
             model.training_step = lambda batch, batch_idx: step(batch)  # type: ignore[method-assign]
         self.runs = 0
+        self.trainer: pl.Trainer | None = None  # the last one, for checkpoint timing
+        self.callbacks: list[str] = []
+        self.logger = ""
         self.threads: set[int] = set()
         self.deterministic: set[bool] = set()
 
@@ -280,7 +302,7 @@ class LightningLoop:
         clock = Clock()
         pairing = PairedPlain(paired) if paired is not None else None
         wall, _ = clocks()
-        trainer = build_trainer(self.profile, self.variant, self.model, run_dir, epochs,
+        trainer = build_trainer(self.job, self.variant, self.model, run_dir, epochs,
                                 [clock] if pairing is None else [clock, pairing])
         fit_wall, _ = clocks()
         if profiler is not None:
@@ -292,11 +314,14 @@ class LightningLoop:
         if trainer.global_step != epochs * len(self.batches):
             raise RuntimeError(f"{self.variant.name}: {trainer.global_step} steps, expected "
                                f"{epochs * len(self.batches)}")
+        self.trainer = trainer
+        self.callbacks = [type(c).__name__ for c in trainer.callbacks if c is not clock and c is not pairing]
+        self.logger = type(trainer.logger).__name__ if trainer.logger else "none"
         self.threads.add(clock.threads)
         self.deterministic.add(clock.deterministic)
         loop_wall, loop_cpu = clock.end[0] - clock.start[0], clock.end[1] - clock.start[1]
         result: dict[str, Any] = {"wall": loop_wall, "cpu": loop_cpu, "construct": fit_wall - wall,
-                  "setup_teardown": (end_wall - fit_wall) - loop_wall}
+                                  "setup_teardown": (end_wall - fit_wall) - loop_wall}
         if pairing is not None:
             result.update(pairing.summary(loop_wall, loop_cpu, len(self.batches)))
         return result
@@ -333,6 +358,79 @@ def paired(plain: PlainLoop, loops: list[LightningLoop], epochs: int, repeats: i
 def progress(mode: str, round_: int, repeats: int, results: dict[str, list[dict[str, Any]]], steps: int) -> None:
     latest = ", ".join(f"{name} {runs[-1]['wall'] / steps * 1e3:.1f}" for name, runs in results.items() if runs)
     print(f"{mode} round {round_ + 1}/{repeats}: {latest} ms/step (wall)", file=sys.stderr, flush=True)
+
+
+# ---- Lightning's own cost per step, without the model's compute ----------------------------------------------------
+class FixedCostProbe(AnomalyModule):
+    """A one-parameter stand-in with ``AutoEncoder.training_step``'s shape (forward, the same loss, the same
+    ``self.log`` call): its Lightning step minus its plain step is Lightning's own cost per step, measured without
+    the noise of 100+ ms of convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, image: Tensor) -> Tensor:
+        return image * self.scale
+
+    def reconstruction_loss(self, image: Tensor, reconstruction: Tensor) -> Tensor:
+        return (image - reconstruction).abs().flatten(1).sum(dim=1).mean()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        image = batch["image"]
+        loss = self.reconstruction_loss(image, self(image))
+        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
+        return loss
+
+    def predict_anomaly(self, image: Tensor) -> AnomalyOutput:
+        anomaly_map = (image - self(image)).abs().mean(dim=1, keepdim=True)
+        return AnomalyOutput(anomaly_map, self.reduce_map(anomaly_map))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def checkpoint_ms(loop: LightningLoop, workdir: Path, repeats: int = 7) -> tuple[float, float]:
+    """Median time of ``trainer.save_checkpoint`` (what ModelCheckpoint calls per file) and the file's size in MB."""
+    assert loop.trainer is not None
+    times = []
+    for i in range(repeats):
+        path = workdir / f"timing_{id(loop)}_{i}.ckpt"
+        start = time.perf_counter()
+        loop.trainer.save_checkpoint(path)
+        times.append(time.perf_counter() - start)
+    size = path.stat().st_size / 1e6
+    return statistics.median(times) * 1e3, size
+
+
+def fixed_cost(batches: list[Batch], job: Job, variants: list[Variant], workdir: Path, epochs: int,
+               repeats: int) -> tuple[dict[str, list[float]], tuple[float, float]]:
+    """ms per step of the probe: plain loop and each Lightning variant, alternating, ``repeats`` rounds."""
+    pl.seed_everything(0, verbose=False)
+    plain = PlainLoop(FixedCostProbe(), batches)
+    loops = [LightningLoop(FixedCostProbe(), batches, job, v, workdir) for v in variants]
+    for contender in [plain, *loops]:
+        contender.run(1)
+    steps = epochs * len(batches)
+    results: dict[str, list[float]] = {PLAIN: [], **{loop.variant.name: [] for loop in loops}}
+    runs: list[tuple[str, Callable[[], dict[str, Any]]]] = [(PLAIN, lambda: plain.run(epochs))]
+    runs += [(loop.variant.name, lambda loop=loop: loop.run(epochs)) for loop in loops]
+    for round_ in range(repeats):
+        for name, run in runs if round_ % 2 == 0 else runs[::-1]:
+            results[name].append(run()["wall"] / steps * 1e3)
+        progress("fixed cost", round_, repeats, {k: [{"wall": v[-1] * steps / 1e3}] for k, v in results.items()},
+                 steps)
+    return results, checkpoint_ms(loops[0], workdir)
+
+
+def fixed_cost_table(results: dict[str, list[float]], epochs: int, steps_per_epoch: int) -> None:
+    print(f"\nLightning's own cost per step (one-parameter probe with the same training_step, batches and trainers; "
+          f"{epochs} epochs of {steps_per_epoch} steps per measurement): median (min-max) ms per step\n")
+    print("| contender | ms / step | extra ms / step over plain (median of rounds) |")
+    print("|---|---:|---:|")
+    for name, values in results.items():
+        extra = [v - p for v, p in zip(values, results[PLAIN], strict=True)]
+        print(f"| {name} | {spread(values, 3)} | {spread(extra, 3)} |")
 
 
 # ---- report --------------------------------------------------------------------------------------------------------
@@ -410,6 +508,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=("both", "paired", "alternating"), default="both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", action="store_true", help="also time Lightning with parts of the harness off")
+    parser.add_argument("--fixed-cost", action="store_true",
+                        help="also time Lightning's own cost per step with a one-parameter probe model")
     parser.add_argument("--cprofile", action="store_true", help="cProfile one extra harness fit, print the top")
     args = parser.parse_args()
 
@@ -418,8 +518,10 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)  # "GPU available: False" etc. on every fit
     torch.set_num_threads(args.threads)
     method = load_component("methods", args.method)
+    dataset = load_component("datasets", args.dataset)
     profile = load_trainer_profile(args.profile)
-    batches, epoch_batches = load_batches(load_component("datasets", args.dataset), args.batches, args.seed)
+    job = training_job(method, dataset, profile, args.seed)
+    batches, epoch_batches = load_batches(dataset, args.batches, args.seed)
     image = batches[0]["image"]
     links = {"image_size": int(image.shape[2]), "in_channels": int(image.shape[1])}
     steps = args.epochs * len(batches)
@@ -437,7 +539,7 @@ def main() -> None:
         workdir = Path(tmp)
         plain = PlainLoop(plain_model, batches)
         loops = [LightningLoop(harness_model if v is HARNESS else build_model(method, links, args.seed), batches,
-                               profile, v, workdir) for v in variants]
+                               job, v, workdir) for v in variants]
         for loop in loops:  # warm-up; the first Trainer sets the profile's process-wide torch flags
             loop.run(1)
         plain.run(1)
@@ -450,6 +552,10 @@ def main() -> None:
         if torch.are_deterministic_algorithms_enabled() != deterministic or any(
                 loop.deterministic != {deterministic} for loop in loops):
             raise RuntimeError("torch's deterministic flag differed between contenders")
+        fixed: tuple[dict[str, list[float]], tuple[float, float]] | None = None
+        if args.fixed_cost:
+            fixed = fixed_cost(batches, job, variants, workdir, 10, args.repeats)
+        checkpoint = checkpoint_ms(loops[0], workdir)
         profile_text = ""
         if args.cprofile:
             profiler = cProfile.Profile()
@@ -468,13 +574,25 @@ def main() -> None:
           f"(log_every_n_steps {profile.trainer.get('log_every_n_steps', 50)}, deterministic "
           f"{profile.trainer.get('deterministic', False)}); torch threads {threads}; deterministic algorithms "
           f"{deterministic} in both")
+    print(f"harness Trainer: callbacks {', '.join(loops[0].callbacks)}; logger {loops[0].logger}")
     print(f"{len(batches)} batches in memory (sizes {sizes}, image {tuple(image.shape[1:])}; one epoch of the train "
           f"loader = {epoch_batches}), {args.epochs} epoch(s) = {steps} steps per measurement, {args.repeats} rounds "
           f"per schedule after a warm-up epoch; DataLoader over the list: {loader_ms:.2f} ms per batch (in both)")
     for mode, results in tables:
         table(mode, results, steps, args.epochs)
     plain_step = statistics.median(r["wall"] for r in tables[-1][1][PLAIN]) / steps * 1e3
-    setup_table({name: runs for name, runs in tables[-1][1].items()}, plain_step)
+    setup_table(tables[-1][1], plain_step)
+    print(f"\ntrainer.save_checkpoint of the {args.method} model: {checkpoint[0]:.1f} ms per file "
+          f"({checkpoint[1]:.2f} MB); ModelCheckpoint writes 2 files per epoch here (best-epochNNN.ckpt + last.ckpt), "
+          f"{2 * checkpoint[0] / len(batches):.2f} ms per step over {len(batches)} steps")
+    if fixed is not None:
+        fixed_cost_table(fixed[0], 10, len(batches))
+        print(f"\nprobe checkpoint: {fixed[1][0]:.1f} ms per file ({fixed[1][1]:.3f} MB)")
+        probe_extra = statistics.median(v - p for v, p in zip(fixed[0][HARNESS.name], fixed[0][PLAIN], strict=True))
+        extra = probe_extra + 2 * (checkpoint[0] - fixed[1][0]) / len(batches)
+        print(f"predicted ratio for the {args.method} model: 1 + ({probe_extra:.2f} ms probe extra + 2 x "
+              f"({checkpoint[0]:.1f} - {fixed[1][0]:.1f}) ms checkpoint / {len(batches)} steps) / {plain_step:.1f} ms "
+              f"= {1 + extra / plain_step:.3f}")
     if profile_text:
         print("\ncProfile of one harness fit:\n")
         print(profile_text)
