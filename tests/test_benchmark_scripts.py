@@ -37,3 +37,10 @@ def test_loader_benchmark(tiny_sweep_setup):
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| ") and "slices/s" not in line]
     assert [row[1].strip() for row in rows] == ["cache (memmap)", "nifti+preprocess per item", "nifti-only per item"]
     assert all(float(row[2].replace(",", "")) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_overhead_benchmark(tiny_sweep_setup):
+    output = _script("overhead.py", "--dataset", str(tiny_sweep_setup["dataset"]), "--batches", "2", "--epochs", "1",
+                     "--repeats", "2")
+    assert "| lightning (harness) |" in output and "trainer.save_checkpoint" in output
