@@ -282,6 +282,30 @@ def build_trainer(job: Job, variant: Variant, model: AnomalyModule, run_dir: Pat
     return trainer
 
 
+CALLBACK_HOOKS = [name for name in vars(pl.Callback)
+                  if name.startswith("on_") or name in ("setup", "teardown", "state_dict", "load_state_dict")]
+
+
+def timed_hook(hook: Callable[..., Any], key: str, totals: dict[str, float]) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+
+    return timed
+
+
+def time_hooks(callbacks: list[pl.Callback], totals: dict[str, float]) -> None:
+    """Wrap every hook a callback overrides so that its wall time adds up in ``totals["Class.hook"]``."""
+    for callback in callbacks:
+        for name in CALLBACK_HOOKS:
+            if getattr(type(callback), name, None) is not getattr(pl.Callback, name):
+                key = f"{type(callback).__name__}.{name}"
+                setattr(callback, name, timed_hook(getattr(callback, name), key, totals))
+
+
 class LightningLoop:
     def __init__(self, model: AnomalyModule, batches: list[Batch], job: Job, variant: Variant, workdir: Path) -> None:
         self.model, self.batches, self.job, self.variant, self.workdir = model, batches, job, variant, workdir
@@ -292,6 +316,7 @@ class LightningLoop:
         self.trainer: pl.Trainer | None = None  # the last one, for checkpoint timing
         self.callbacks: list[str] = []
         self.logger = ""
+        self.hook_times: dict[str, float] | None = None  # set to a dict to time the harness callbacks' hooks
         self.threads: set[int] = set()
         self.deterministic: set[bool] = set()
 
@@ -304,6 +329,8 @@ class LightningLoop:
         wall, _ = clocks()
         trainer = build_trainer(self.job, self.variant, self.model, run_dir, epochs,
                                 [clock] if pairing is None else [clock, pairing])
+        if self.hook_times is not None:
+            time_hooks([c for c in trainer.callbacks if c is not clock and c is not pairing], self.hook_times)
         fit_wall, _ = clocks()
         if profiler is not None:
             profiler.enable()
@@ -404,8 +431,9 @@ def checkpoint_ms(loop: LightningLoop, workdir: Path, repeats: int = 7) -> tuple
 
 
 def fixed_cost(batches: list[Batch], job: Job, variants: list[Variant], workdir: Path, epochs: int,
-               repeats: int) -> tuple[dict[str, list[float]], tuple[float, float]]:
-    """ms per step of the probe: plain loop and each Lightning variant, alternating, ``repeats`` rounds."""
+               repeats: int) -> tuple[dict[str, list[float]], tuple[float, float], dict[str, float]]:
+    """ms per step of the probe: plain loop and each Lightning variant, alternating, ``repeats`` rounds; then the
+    checkpoint time of the probe and, from two more harness fits, ms per step in each harness callback's hooks."""
     pl.seed_everything(0, verbose=False)
     plain = PlainLoop(FixedCostProbe(), batches)
     loops = [LightningLoop(FixedCostProbe(), batches, job, v, workdir) for v in variants]
@@ -420,7 +448,12 @@ def fixed_cost(batches: list[Batch], job: Job, variants: list[Variant], workdir:
             results[name].append(run()["wall"] / steps * 1e3)
         progress("fixed cost", round_, repeats, {k: [{"wall": v[-1] * steps / 1e3}] for k, v in results.items()},
                  steps)
-    return results, checkpoint_ms(loops[0], workdir)
+    checkpoint = checkpoint_ms(loops[0], workdir)
+    loops[0].hook_times = {}
+    for _ in range(2):
+        loops[0].run(epochs)
+    hooks = {name: total / (2 * steps) * 1e3 for name, total in loops[0].hook_times.items()}
+    return results, checkpoint, hooks
 
 
 def fixed_cost_table(results: dict[str, list[float]], epochs: int, steps_per_epoch: int) -> None:
@@ -552,7 +585,7 @@ def main() -> None:
         if torch.are_deterministic_algorithms_enabled() != deterministic or any(
                 loop.deterministic != {deterministic} for loop in loops):
             raise RuntimeError("torch's deterministic flag differed between contenders")
-        fixed: tuple[dict[str, list[float]], tuple[float, float]] | None = None
+        fixed: tuple[dict[str, list[float]], tuple[float, float], dict[str, float]] | None = None
         if args.fixed_cost:
             fixed = fixed_cost(batches, job, variants, workdir, 10, args.repeats)
         checkpoint = checkpoint_ms(loops[0], workdir)
@@ -587,6 +620,10 @@ def main() -> None:
           f"{2 * checkpoint[0] / len(batches):.2f} ms per step over {len(batches)} steps")
     if fixed is not None:
         fixed_cost_table(fixed[0], 10, len(batches))
+        print("\nprobe, harness trainer, two more fits: time inside each hook of the harness's callbacks\n")
+        print("| callback hook | ms / step |\n|---|---:|")
+        for name, ms in sorted(fixed[2].items(), key=lambda item: -item[1]):
+            print(f"| {name} | {ms:.3f} |")
         print(f"\nprobe checkpoint: {fixed[1][0]:.1f} ms per file ({fixed[1][1]:.3f} MB)")
         probe_extra = statistics.median(v - p for v, p in zip(fixed[0][HARNESS.name], fixed[0][PLAIN], strict=True))
         extra = probe_extra + 2 * (checkpoint[0] - fixed[1][0]) / len(batches)
