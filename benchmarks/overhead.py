@@ -504,12 +504,15 @@ def table(mode: str, results: dict[str, list[dict[str, Any]]], steps: int, epoch
         boundary = [r["boundary_extra_ms"] / epochs for r in runs]
         plain_epoch_ms = statistics.median(r["plain_wall"] for r in runs) / epochs * 1e3
         regular = steps // epochs - 1  # step pairs per epoch
-        estimate = 1 + (statistics.median(extras) * regular + statistics.median(boundary)) / plain_epoch_ms
+        step_extra = statistics.median(extras) if extras else 0.0  # no pairs with one batch per epoch
+        estimate = 1 + (step_extra * regular + statistics.median(boundary)) / plain_epoch_ms
         print(f"| {name} | {len(pairs)} | {quartiles(ratios, 3)} | {quartiles(extras, 2)} | {spread(boundary, 1)} | "
               f"{estimate:.3f} |")
 
 
 def quartiles(values: list[float], digits: int) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
     q1, q2, q3 = statistics.quantiles(values, n=4)
     return f"{q2:.{digits}f} ({q1:.{digits}f} to {q3:.{digits}f})"
 
