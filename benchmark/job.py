@@ -112,10 +112,16 @@ def _build_trainer(
     callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs),
                                     FiniteLossGuard(), RandomStateCheckpoint(), LearningRateMonitor()]
     monitored = _has_validation_loss(model)
-    callbacks.append(ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-        monitor=MONITOR if monitored else None, mode="min", save_last=True, save_top_k=1,
-    ))
+    if monitored:  # first: trainer.checkpoint_callback, whose best model is tested
+        callbacks.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+            monitor=MONITOR, mode="min", save_top_k=1,
+        ))
+    # last.ckpt of its own, every epoch: with a monitor, Lightning 2.6's save_last=True writes it only in epochs
+    # that improve val/loss, so a resume would restart from the best epoch instead of the latest (without a
+    # monitor it is also the checkpoint that is tested)
+    callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                     enable_version_counter=False))
     if monitored and job.profile.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=MONITOR, patience=job.profile.early_stopping_patience, mode="min"))
     options = {**model.trainer_defaults, **job.profile.trainer}
