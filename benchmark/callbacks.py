@@ -18,10 +18,22 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
-from benchmark.metrics import EvaluationSettings, HealthyCalibration, SetLayout, TestSetEvaluator, check_output
+from benchmark.metrics import (
+    EvaluationSettings,
+    HealthyCalibration,
+    SetLayout,
+    TestSetEvaluator,
+    add_vs_healthy,
+    check_output,
+)
 from benchmark.metrics.volumes import slices_per_subject
+from benchmark.naming import qualitative_name
 from datamodules.base import AnomalyDataModule, DatasetSplits
 from lightning_modules.base import AnomalyOutput
+
+
+def _prefix(stage: str, variant: str | None) -> str:
+    return stage if variant is None else f"{stage}[{variant}]"
 
 
 class EvaluationCallback(pl.Callback):
@@ -30,18 +42,21 @@ class EvaluationCallback(pl.Callback):
     ``trainer.validate`` (with the weights under test) calibrates thresholds on the healthy validation split;
     ``trainer.test`` then feeds every test batch and its ``AnomalyOutput`` (returned by the ``AnomalyModule``
     base class's steps) to the evaluator of its test set. Validation during ``fit`` is left alone. Metric states
-    are torchmetrics states, so under DDP each rank accumulates its shard and ``compute`` syncs. Results:
-    ``calibration``, ``results`` (nested metrics per test set) and ``curves`` (ROC / PR per test set).
+    are torchmetrics states, so under DDP each rank accumulates its shard and ``compute`` syncs.
+
+    A method with score variants gets a calibration and evaluators per variant. Results, keyed by variant
+    (``None`` for a method without variants): ``calibration``, ``results`` (nested metrics per test set) and
+    ``curves`` (ROC / PR curves and slice scores per test set).
     """
 
     def __init__(self, method_name: str, settings: EvaluationSettings | None = None) -> None:
         self.method_name = method_name
         self.settings = settings or EvaluationSettings()
-        self.calibration: dict[str, Any] | None = None
-        self.results: dict[str, dict[str, Any]] = {}
-        self.curves: dict[str, dict[str, Any]] = {}
-        self._calibrator: HealthyCalibration | None = None
-        self._evaluators: dict[str, TestSetEvaluator] = {}
+        self.calibration: dict[str | None, dict[str, Any]] = {}
+        self.results: dict[str | None, dict[str, dict[str, Any]]] = {}
+        self.curves: dict[str | None, dict[str, dict[str, Any]]] = {}
+        self._calibrators: dict[str | None, HealthyCalibration] = {}
+        self._evaluators: dict[tuple[str | None, str], TestSetEvaluator] = {}
 
     @staticmethod
     def _splits(trainer: pl.Trainer) -> DatasetSplits:
@@ -50,64 +65,86 @@ class EvaluationCallback(pl.Callback):
             raise TypeError("the evaluation engine needs an AnomalyDataModule (subjects and masks of every split)")
         return datamodule._splits
 
+    @staticmethod
+    def _variants(pl_module: pl.LightningModule) -> list[str | None]:
+        return list(getattr(pl_module, "score_variants", ())) or [None]
+
+    def _check(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> None:
+        check_output(outputs, batch, self.method_name, tuple(getattr(pl_module, "score_variants", ())))
+
     # ---- calibration (trainer.validate) ------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.VALIDATING:
             return
-        subjects = self._splits(trainer).val.subjects
-        self._calibrator = HealthyCalibration(self.settings, slices_per_subject(subjects)).to(pl_module.device)
+        layout = slices_per_subject(self._splits(trainer).val.subjects)
+        self._calibrators = {variant: HealthyCalibration(self.settings, layout).to(pl_module.device)
+                             for variant in self._variants(pl_module)}
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._calibrator is not None:
-            check_output(outputs, batch, self.method_name)
-            self._calibrator.update(batch, outputs)
+        if self._calibrators:
+            self._check(pl_module, outputs, batch)
+            for variant, output in outputs.by_variant().items():
+                self._calibrators[variant].update(batch, output)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._calibrator is None:
+        if not self._calibrators:
             return
-        self.calibration = self._calibrator.compute()
-        self._calibrator = None
-        scalars = {f"calibration/{name}/{key}": value for name, entry in self.calibration["thresholds"].items()
+        self.calibration = {variant: calibrator.compute() for variant, calibrator in self._calibrators.items()}
+        self._calibrators = {}
+        scalars = {f"{_prefix('calibration', variant)}/{name}/{key}": value
+                   for variant, calibration in self.calibration.items()
+                   for name, entry in calibration["thresholds"].items()
                    for key, value in entry.items() if key != "target_fpr" and math.isfinite(value)}
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics(scalars, step=trainer.global_step)
 
     # ---- test sets (trainer.test) ------------------------------------------------------------------------------
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        thresholds = None
-        if self.calibration is not None:
-            thresholds = {name: entry["threshold"] for name, entry in self.calibration["thresholds"].items()}
         tests = self._splits(trainer).tests
-        self._evaluators = {
-            name: TestSetEvaluator(self.settings, SetLayout.from_arrays(arrays.subjects, arrays.masks),
-                                   thresholds).to(pl_module.device)
-            for name, arrays in tests.items()
-        }
+        layouts = {name: SetLayout.from_arrays(arrays.subjects, arrays.masks) for name, arrays in tests.items()}
+        self._evaluators = {}
+        for variant in self._variants(pl_module):
+            calibration = self.calibration.get(variant)
+            thresholds = None if calibration is None else {
+                name: entry["threshold"] for name, entry in calibration["thresholds"].items()}
+            for name, layout in layouts.items():
+                self._evaluators[variant, name] = TestSetEvaluator(self.settings, layout, thresholds).to(
+                    pl_module.device)
         self.results, self.curves = {}, {}
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        check_output(outputs, batch, self.method_name)
-        self._evaluators[trainer.datamodule.test_set_names[dataloader_idx]].update(batch, outputs)
+        self._check(pl_module, outputs, batch)
+        test_set = trainer.datamodule.test_set_names[dataloader_idx]
+        for variant, output in outputs.by_variant().items():
+            self._evaluators[variant, test_set].update(batch, output)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for name, evaluator in self._evaluators.items():
-            self.results[name], self.curves[name] = evaluator.compute()
+        for (variant, name), evaluator in self._evaluators.items():
+            self.results.setdefault(variant, {})[name], self.curves.setdefault(variant, {})[name] = \
+                evaluator.compute()
         self._evaluators = {}
+        for variant, results in self.results.items():
+            add_vs_healthy(results, self.curves[variant])
         if trainer.logger is None or not trainer.is_global_zero:
             return
         trainer.logger.log_metrics(
-            {f"test/{name}/{key}": value for name, result in self.results.items()
-             for key, value in flatten_scalars(result).items()}, step=trainer.global_step)
+            {f"{_prefix('test', variant)}/{name}/{key}": value for variant, results in self.results.items()
+             for name, result in results.items() for key, value in flatten_scalars(result).items()},
+            step=trainer.global_step)
         writer = _tensorboard(trainer)
-        if writer is not None:
-            for name, result in self.results.items():
-                _log_pr_curve(writer, f"test/{name}/pixel_pr_curve", self.curves[name]["pr"], result["pixel"],
+        if writer is None:
+            return
+        for variant, results in self.results.items():
+            prefix = _prefix("test", variant)
+            for name, result in results.items():
+                curves = self.curves[variant][name]
+                _log_pr_curve(writer, f"{prefix}/{name}/pixel_pr_curve", curves["pr"], result["pixel"],
                               trainer.global_step)
-                for label, scores in self.curves[name]["sample_scores"].items():
+                for label, scores in curves["sample_scores"].items():
                     if scores:
-                        writer.add_histogram(f"test/{name}/anomaly_score_{label}", np.asarray(scores),
+                        writer.add_histogram(f"{prefix}/{name}/anomaly_score_{label}", np.asarray(scores),
                                              global_step=trainer.global_step)
 
 
@@ -166,36 +203,42 @@ def image_grid(batch: dict[str, Any], output: AnomalyOutput, max_rows: int = 8) 
 
 class ImageGridCallback(pl.Callback):
     """Logs image grids (input / reconstruction / anomaly map / mask) and anomaly-map histograms to TensorBoard:
-    the first validation batch every ``every_n_epochs`` epochs and one batch of every test set. Test grids are also
-    saved as ``<default_root_dir>/figures/qualitative_<test set>.png`` for the sweep report."""
+    the first validation batch every ``every_n_epochs`` epochs and one batch of every test set, one grid per score
+    variant. Test grids are also saved as ``<default_root_dir>/figures/`` :func:`qualitative_name` for the report."""
 
     def __init__(self, every_n_epochs: int = 1, max_rows: int = 8) -> None:
         self.every_n_epochs = max(1, every_n_epochs)
         self.max_rows = max_rows
 
-    def _log(self, trainer: pl.Trainer, tag: str, batch: Any, outputs: Any) -> None:
+    def _log(self, trainer: pl.Trainer, stage: str, test_set: str | None, batch: Any, outputs: Any) -> None:
         if not trainer.is_global_zero or not isinstance(outputs, AnomalyOutput):
             return
-        grid = image_grid(batch, outputs, self.max_rows)
-        if tag.startswith("test/"):
+        for variant, output in outputs.by_variant().items():
+            self._log_one(trainer, _prefix(stage, variant), test_set, variant, batch, output)
+
+    def _log_one(self, trainer: pl.Trainer, prefix: str, test_set: str | None, variant: str | None, batch: Any,
+                 output: AnomalyOutput) -> None:
+        grid = image_grid(batch, output, self.max_rows)
+        if test_set is not None:
             figures = Path(trainer.default_root_dir) / "figures"
             figures.mkdir(parents=True, exist_ok=True)
-            plt.imsave(figures / f"qualitative_{tag.removeprefix('test/')}.png", grid[0].numpy(), cmap="gray",
-                       vmin=0.0, vmax=1.0)
+            plt.imsave(figures / qualitative_name(test_set, variant), grid[0].numpy(), cmap="gray", vmin=0.0,
+                       vmax=1.0)
         writer = _tensorboard(trainer)
         if writer is None:
             return
+        tag = prefix if test_set is None else f"{prefix}/{test_set}"
         writer.add_image(f"{tag}/input_reconstruction_map_mask", grid, global_step=trainer.global_step,
                          dataformats="CHW")
         roi = batch["roi"] > 0.5
-        values = outputs.anomaly_map.to(roi.device)[roi]
+        values = output.anomaly_map.to(roi.device)[roi]
         if values.numel():
             writer.add_histogram(f"{tag}/anomaly_map_in_roi", values.float().cpu(), global_step=trainer.global_step)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
-            self._log(trainer, "val", batch, outputs)
+            self._log(trainer, "val", None, batch, outputs)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fallback: dict[int, tuple[Any, Any]] = {}
@@ -207,7 +250,7 @@ class ImageGridCallback(pl.Callback):
         if dataloader_idx in self._logged:
             return
         if bool((batch["label"] > 0).any()):
-            self._log(trainer, f"test/{trainer.datamodule.test_set_names[dataloader_idx]}", batch, outputs)
+            self._log(trainer, "test", trainer.datamodule.test_set_names[dataloader_idx], batch, outputs)
             self._logged.add(dataloader_idx)
         elif dataloader_idx not in self._fallback:
             self._fallback[dataloader_idx] = (batch, outputs)
@@ -215,7 +258,7 @@ class ImageGridCallback(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for index, (batch, outputs) in self._fallback.items():
             if index not in self._logged:
-                self._log(trainer, f"test/{trainer.datamodule.test_set_names[index]}", batch, outputs)
+                self._log(trainer, "test", trainer.datamodule.test_set_names[index], batch, outputs)
         self._fallback.clear()
 
 

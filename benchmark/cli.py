@@ -17,13 +17,14 @@ from pathlib import Path
 
 from benchmark.config import CONFIG_DIR, ConfigError, available
 from benchmark.io import read_json
+from benchmark.leaderboard import expand_variants
 from benchmark.runner import JobOutcome, is_rank_zero, run_from_job_file, run_sweep
 from benchmark.sweep import Sweep, build_sweep, load_sweep
 from datamodules.errors import DataError
 
 SUMMARY_COLUMNS = (("pixel AUROC", ("pixel", "auroc")), ("pixel AUPRC", ("pixel", "auprc")),
                    ("best Dice*", ("pixel", "best_dice")), ("Dice@5%FPR", ("calibrated", "healthy_fpr@5%", "dice")),
-                   ("sample AUROC", ("sample", "auroc")))
+                   ("sample AUROC", ("sample", "auroc")), ("vs healthy", ("sample", "vs_healthy", "auroc")))
 
 
 def _lookup(result: dict, path: tuple[str, ...]) -> object:
@@ -34,14 +35,16 @@ def _lookup(result: dict, path: tuple[str, ...]) -> object:
 
 def _summary(rows: list[dict]) -> str:
     """Console table of the headline metrics (* best Dice is an oracle upper bound: threshold from test labels)."""
-    header = f"{'method':<12} {'test set':<10} " + " ".join(f"{title:>12}" for title, _ in SUMMARY_COLUMNS)
+    width = max([16, *(len(str(m["method"])) + 1 for m in expand_variants(rows))])
+    header = f"{'method':<{width}} {'test set':<10} " + " ".join(f"{title:>12}" for title, _ in SUMMARY_COLUMNS)
     lines = [header]
-    for metrics in rows:
+    for metrics in expand_variants(rows):
         for name, result in metrics.get("test_sets", {}).items():
             values = [_lookup(result, path) for _, path in SUMMARY_COLUMNS]
             cells = [f"{v:.4f}" if isinstance(v, float) and v == v else "n/a" for v in values]
-            lines.append(f"{metrics['method']:<12} {name:<10} " + " ".join(f"{c:>12}" for c in cells))
-    lines.append("* oracle upper bound (threshold chosen on the test labels); Dice@5%FPR: healthy-calibrated threshold")
+            lines.append(f"{metrics['method']:<{width}} {name:<10} " + " ".join(f"{c:>12}" for c in cells))
+    lines.append("* oracle upper bound (threshold chosen on the test labels); Dice@5%FPR: healthy-calibrated threshold;"
+                 " vs healthy: sample AUROC of this set's anomalous slices against the healthy test set")
     return "\n".join(lines)
 
 

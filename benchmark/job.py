@@ -3,7 +3,9 @@
 Run folder: ``config.yaml`` (resolved), ``checkpoints/`` (``last.ckpt`` + best on ``val/loss``),
 ``tensorboard/`` (losses, validation metrics, image grids, histograms, PR curves), ``curves.json`` (pixel ROC /
 PR curves per test set) and ``metrics.json`` (written last and atomically, so its presence means the job
-finished). Evaluation: ``trainer.validate`` calibrates thresholds on healthy validation data with the weights
+finished). A method with score variants (``AnomalyModule.score_variants``) gets ``variants`` in both files, one
+entry per scoring rule; the top-level ``test_sets`` / ``calibration`` / ``pixel`` are its primary (first) variant.
+Evaluation: ``trainer.validate`` calibrates thresholds on healthy validation data with the weights
 under test, then ``trainer.test`` scores every test set (see ``benchmark/metrics``).
 """
 
@@ -140,9 +142,12 @@ def _log_hparams(trainer: pl.Trainer, job: Job, metrics: dict[str, Any]) -> None
     params = {f"method/{k}": v for k, v in job.method.init_args.items()}
     params.update(method=job.method.name, dataset=job.dataset.name, seed=job.seed, trainer=job.profile.name,
                   evaluation=job.evaluation.name)
-    finals = {f"hparams/{name}/{key}": value for name, result in metrics["test_sets"].items()
-              for key, value in flatten_scalars(result).items()
-              if key in ("pixel/auroc", "pixel/auprc", "calibrated/healthy_fpr@5%/dice", "sample/auroc")}
+    headline = ("pixel/auroc", "pixel/auprc", "calibrated/healthy_fpr@5%/dice", "sample/auroc",
+                "sample/vs_healthy/auroc")
+    variants = metrics.get("variants") or {None: metrics}
+    finals = {f"hparams{'' if variant is None else f'[{variant}]'}/{name}/{key}": value
+              for variant, entry in variants.items() for name, result in entry["test_sets"].items()
+              for key, value in flatten_scalars(result).items() if key in headline}
     trainer.logger.log_hyperparams({k: v if isinstance(v, int | float | str | bool) else str(v)
                                     for k, v in params.items()}, finals)
 
@@ -197,7 +202,8 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     test_time = time.perf_counter() - t0
 
-    n_test = sum(r["sample"]["n_slices"] for r in evaluation.results.values())
+    primary = next(iter(evaluation.results))  # None, or the method's first score variant
+    n_test = sum(r["sample"]["n_slices"] for r in evaluation.results[primary].values())
     metrics = {
         "schema": METRICS_SCHEMA,
         "status": "completed",
@@ -205,8 +211,8 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         "dataset": job.dataset.name,
         "seed": job.seed,
         "key": job_key(job),
-        "test_sets": evaluation.results,
-        "calibration": evaluation.calibration,
+        "test_sets": evaluation.results[primary],
+        "calibration": evaluation.calibration.get(primary),
         "evaluation": {
             **job.evaluation.describe(),
             "pixels": "roi only (background excluded)",
@@ -235,8 +241,15 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
         },
         "versions": software_versions(),
     }
+    curves = {"schema": "normbench.curves/1", "pixel": evaluation.curves[primary]}
+    if primary is not None:  # every scoring rule, each its own leaderboard entry <method>[<variant>]
+        metrics["primary_variant"] = primary
+        metrics["variants"] = {variant: {"test_sets": evaluation.results[variant],
+                                         "calibration": evaluation.calibration.get(variant)}
+                               for variant in evaluation.results}
+        curves["variants"] = evaluation.curves
     if trainer.is_global_zero:
         _log_hparams(trainer, job, metrics)
-        write_json(run_dir / "curves.json", {"schema": "normbench.curves/1", "pixel": evaluation.curves})
+        write_json(run_dir / "curves.json", curves)
         write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return metrics

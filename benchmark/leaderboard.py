@@ -1,6 +1,8 @@
 """Leaderboard of a sweep: one row per method x dataset x test set, every metric as mean and std over seeds.
 
 Input: ``<sweep>/runs/<dataset>/<method>/seed_<n>/metrics.json`` (schema ``normbench.metrics/2``, one per job).
+A run of a method with score variants (``variants`` in its metrics.json, e.g. the VAE's ``rec``, ``grad_kl``,
+``combi``) gives one leaderboard entry per variant, named ``<method>[<variant>]``.
 Output: ``<sweep>/leaderboard.csv``, rewritten atomically under a file lock so that runner processes finishing at
 the same time never leave a torn file. Columns, in this order:
 
@@ -33,6 +35,7 @@ import pandas as pd
 from filelock import FileLock
 
 from benchmark.io import atomic_write_text
+from benchmark.naming import variant_method
 
 RUN_PATTERN = "runs/*/*/seed_*/metrics.json"
 LEADERBOARD_NAME = "leaderboard.csv"
@@ -96,12 +99,37 @@ def sweep_root(sweep_dir: str | Path) -> Path:
     return root
 
 
+def expand_variants(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per score variant: a completed run with ``variants`` becomes ``<method>[<variant>]`` records
+    (that variant's ``test_sets`` and ``calibration``, the rest shared); a failed run of a method whose other runs
+    have variants is repeated under each of those names, so every variant's row counts the failure."""
+    known: dict[tuple[str, str], list[str]] = {}
+    for run in runs:
+        if run.get("status") == "completed" and isinstance(run.get("variants"), dict):
+            names = known.setdefault((str(run["dataset"]), str(run["method"])), [])
+            names += [name for name in run["variants"] if name not in names]
+    expanded = []
+    for run in runs:
+        variants = run.get("variants") if run.get("status") == "completed" else None
+        if isinstance(variants, dict) and variants:
+            expanded += [{**run, "method": variant_method(str(run["method"]), name), "variant": name,
+                          "test_sets": entry.get("test_sets") or {}, "calibration": entry.get("calibration")}
+                         for name, entry in variants.items()]
+        elif run.get("status") != "completed" and (names := known.get((str(run["dataset"]), str(run["method"])))):
+            expanded += [{**run, "method": variant_method(str(run["method"]), name), "variant": name}
+                         for name in names]
+        else:
+            expanded.append(run)
+    return expanded
+
+
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Parsed ``metrics.json`` of every run folder of a sweep, sorted by dataset, method and seed.
 
-    Each record is the file's content plus ``run_dir``; dataset, method and seed fall back on the folder names."""
+    Each record is the file's content plus ``run_dir``; dataset, method and seed fall back on the folder names.
+    A method with score variants gives one record per variant (:func:`expand_variants`)."""
     paths = sweep_root(sweep_dir).glob(RUN_PATTERN)  # a pattern relative to the root: brackets in it are literal
-    return sorted((_read_run(path) for path in paths), key=_sort_key)
+    return sorted(expand_variants([_read_run(path) for path in paths]), key=_sort_key)
 
 
 # ---- flattening -----------------------------------------------------------------------------------------------

@@ -28,9 +28,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from benchmark.families import family_averages, family_table
 from benchmark.io import atomic_write_text, read_json
 from benchmark.leaderboard import read_leaderboard
 from benchmark.markdown import markdown_table
+from benchmark.naming import qualitative_name, variant_method
 
 HEADLINE = (
     ("pixel AUROC", "pixel/auroc"),
@@ -38,6 +40,7 @@ HEADLINE = (
     ("best Dice (oracle)", "pixel/best_dice[oracle_test]"),
     ("Dice @ 5% healthy FPR", "calibrated/healthy_fpr@5%/dice"),
     ("sample AUROC", "sample/auroc"),
+    ("sample AUROC vs healthy set", "sample/vs_healthy/auroc"),
 )
 DEFAULT_METRICS = ("pixel/auprc", "pixel/auroc", "pixel/best_dice[oracle_test]", "calibrated/healthy_fpr@5%/dice",
                    "sample/auroc")
@@ -64,6 +67,10 @@ the best mean of each test set is in bold. Pixels are scored inside the roi (bra
   *validation* split; no test label is used, so this is the number a deployed method would get.
 - **sample AUROC**: each slice's anomaly score against its label (anomalous when its lesion area reaches the
   dataset's minimum).
+- **sample AUROC vs healthy set**: the anomalous slices of this test set against every slice of the `healthy`
+  test set (the leave-one-class-out protocol: anomalous images against held-out normal images).
+- **`method[variant]`**: one scoring rule of a method that offers several (for example `vae[combi]`), trained
+  once and evaluated per rule.
 - **rank**: the leaderboard's rank within the dataset and test set (1 = best).
 
 Test sets without lesions (healthy) have no pixel metrics and are left out of the tables; their score
@@ -81,6 +88,7 @@ class Run:
     seed: int
     path: Path
     metrics: dict[str, Any] | None
+    variant: str | None = None  # score variant of the method (``method`` is then ``<name>[<variant>]``)
 
     @property
     def status(self) -> str:
@@ -132,14 +140,26 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(str(value) for value in values))
 
 
+def _variant_runs(run: Run) -> list[Run]:
+    """A completed run of a method with score variants as one ``Run`` per variant (its own metrics)."""
+    variants = (run.metrics or {}).get("variants") if run.status == "completed" else None
+    if not isinstance(variants, dict) or not variants:
+        return [run]
+    return [Run(run.dataset, variant_method(run.method, name), run.seed, run.path,
+                {**run.metrics, "test_sets": entry.get("test_sets") or {}, "calibration": entry.get("calibration")},
+                name)
+            for name, entry in variants.items() if isinstance(entry, dict)]
+
+
 def find_runs(sweep_dir: Path) -> tuple[Run, ...]:
-    """Every ``runs/<dataset>/<method>/seed_<n>/`` folder, sorted by dataset, method and seed."""
+    """Every ``runs/<dataset>/<method>/seed_<n>/`` folder (one ``Run`` per score variant), sorted by dataset,
+    method and seed."""
     runs = []
     for path in (sweep_dir / "runs").glob("*/*/seed_*"):
         match = SEED_DIR.fullmatch(path.name)
         if path.is_dir() and match:
             metrics = read_json(path / "metrics.json")
-            runs.append(Run(path.parent.parent.name, path.parent.name, int(match.group(1)), path, metrics))
+            runs += _variant_runs(Run(path.parent.parent.name, path.parent.name, int(match.group(1)), path, metrics))
     return tuple(sorted(runs, key=lambda run: (run.dataset, run.method, run.seed)))
 
 
@@ -383,7 +403,8 @@ def curve_runs(sweep: Sweep, dataset: str) -> CurveRuns:
     chosen: CurveRuns = {}
     for run in sweep.completed(dataset):
         if run.method not in chosen:
-            pixel = (read_json(run.path / "curves.json") or {}).get("pixel")
+            curves = read_json(run.path / "curves.json") or {}
+            pixel = curves.get("pixel") if run.variant is None else (curves.get("variants") or {}).get(run.variant)
             if isinstance(pixel, dict):
                 chosen[run.method] = (run, pixel)
     return chosen
@@ -499,7 +520,7 @@ def qualitative_images(sweep: Sweep, dataset: str, test_sets: Sequence[str]) -> 
     found: Qualitative = {}
     for run in sweep.completed(dataset):
         for test_set in test_sets:
-            path = run.path / FIGURES / f"qualitative_{test_set}.png"
+            path = run.path / FIGURES / qualitative_name(test_set, run.variant)
             if (run.method, test_set) not in found and (image := _read_image(path)) is not None:
                 found[run.method, test_set] = (run, path, image)
     return found
@@ -604,6 +625,21 @@ def _qualitative_section(sweep: Sweep, dataset: str) -> list[str]:
     return [*lines, markdown_table(["method", "seed", *test_sets], rows), ""]
 
 
+def _families_section(sweep: Sweep, primary: str) -> list[str]:
+    """Averages over dataset variants (``digits@held_out_class=0..9``): per-dataset seed means averaged."""
+    metrics = [metric for _, metric in HEADLINE]
+    if primary not in metrics:
+        metrics.insert(0, primary)
+    averages = family_averages(sweep.board, metrics)
+    titles = {metric: title for title, metric in HEADLINE}
+    table = family_table(averages, [(titles.get(metric, metric), metric) for metric in metrics])
+    if table is None:
+        return []
+    return ["## Averages over dataset variants", "",
+            "Datasets of one sweep grid entry (names `<config>@<argument>=<value>`) form a family; each value is the "
+            "mean ± std over the family's datasets of the per-dataset means over seeds.", "", table, ""]
+
+
 def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: Sequence[str] | None = None) -> Path:
     """Write ``<sweep_dir>/report.md`` and its PNG figures in ``<sweep_dir>/figures/``; return the report's path.
 
@@ -612,7 +648,7 @@ def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: S
     """
     sweep = load_sweep(sweep_dir)
     colors = _colors(sorted({method for dataset in sweep.datasets() for method in sweep.methods(dataset)}))
-    lines = _header(sweep, primary)
+    lines = _header(sweep, primary) + _families_section(sweep, primary)
     for dataset in sweep.datasets():
         chosen = curve_runs(sweep, dataset)
         lines += [f"## Dataset `{dataset}`", ""]

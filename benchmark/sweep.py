@@ -11,10 +11,33 @@
     overrides: ["trainer.max_epochs=5"]
     backend: {kind: local}             # or kind: submitit (see benchmark/runner.py)
 
+Grid entries run one config under several argument values. An entry of ``methods`` or ``datasets`` is either a
+config name (or YAML path) or a mapping with exactly one key, the config name or path, whose value maps
+``init_args`` entries to values::
+
+    datasets:
+      - synthetic_brain
+      - digits: {held_out_class: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}   # ten variants
+    methods:
+      - vae_mlp: {log_std: [-1.0, 0.0], lr: 0.001}   # two variants, both with lr 0.001
+      - ae: {lr: 0.001}                               # scalars only: a single variant
+      - ae: {betas: [[0.5, 0.9]]}                     # a list-valued argument: a list of lists (one variant)
+
+A list value is a grid axis; several axes give their cartesian product, the first key written varying slowest.
+A scalar (or mapping) value applies to every variant. An argument whose value is itself a list is therefore
+written as a list of lists, one inner list per variant. Each variant is named
+``<config>@<key>=<value>[,<key>=<value>...]`` (keys in the order written): the grid keys when there are any,
+otherwise every given key, e.g. ``digits@held_out_class=3``, ``vae_mlp@log_std=-1.0``, ``ae@lr=0.001``. Values
+are written YAML-like (``true``, ``null``, ``1e-05``, ``[0.5,0.9]``); a value that would put ``/``, ``\\``, NUL or
+whitespace into the name (it names the run folders) is an error: give such arguments a config file of their own.
+Two entries with the same name are an error. The leaderboard and report show these names as datasets and methods;
+:mod:`benchmark.families` averages over the variants of one dataset.
+
 Command-line overrides ``key=value`` (values parsed as YAML) refine a sweep before anything runs:
 
 ==============================  ===========================================================================
-``methods=[ae,random]``         any top-level sweep key (``methods``, ``datasets``, ``seeds``, ``trainer``, ...)
+``methods=[ae,random]``         any top-level sweep key (``methods``, ``datasets``, ``seeds``, ``trainer``, ...);
+                                grid entries too: ``'datasets=[{synthetic_brain: {seed: [0, 1]}}]'``
 ``trainer.precision=bf16-mixed`` a ``pytorch_lightning.Trainer`` argument of the profile
 ``profile.early_stopping_patience=3``  a harness option of the trainer profile
 ``methods.ae.lr=0.001``          an ``init_args`` entry of one method of the sweep
@@ -23,6 +46,11 @@ Command-line overrides ``key=value`` (values parsed as YAML) refine a sweep befo
 ``backend.array_parallelism=4``   a backend option
 ==============================  ===========================================================================
 
+In ``methods.<name>.<arg>=v`` and ``datasets.<name>.<arg>=v``, ``<name>`` is a variant's full name (that variant
+only: ``methods.vae_mlp@log_std=-1.0.lr=0.01``) or a config name (every entry and variant of that config).
+Overrides apply after the grid: an override of a grid argument replaces its value in every variant it matches
+(the variants keep their names).
+
 Every job is keyed by a hash of its resolved configuration (method and dataset with every default filled in,
 trainer profile, evaluation protocol, seed), so a changed configuration is a different job.
 """
@@ -30,7 +58,8 @@ trainer profile, evaluation protocol, seed), so a changed configuration is a dif
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +68,7 @@ import yaml
 
 from benchmark.config import (
     TRAINER_PROFILE_KEYS,
+    ComponentConfig,
     ConfigError,
     check_arguments,
     find_config,
@@ -52,8 +82,8 @@ from benchmark.metrics import EvaluationSettings
 from benchmark.metrics.settings import EVALUATION_KEYS
 
 SWEEP_KEYS = {
-    "methods": "method names or YAML paths",
-    "datasets": "dataset names or YAML paths",
+    "methods": "method names or YAML paths, or grid entries {name: {arg: [values]}}",
+    "datasets": "dataset names or YAML paths, or grid entries {name: {arg: [values]}}",
     "seeds": "training seeds",
     "trainer": "trainer profile (configs/trainers)",
     "evaluation": "evaluation protocol (configs/evaluation)",
@@ -126,8 +156,8 @@ def build_sweep(name: str, data: dict[str, Any], overrides: list[str], source: s
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
 
-    methods = {m: load_component("methods", str(m)) for m in data["methods"]}
-    datasets = {d: load_component("datasets", str(d)) for d in data["datasets"]}
+    methods = _expand_all("methods", data["methods"], source)
+    datasets = _expand_all("datasets", data["datasets"], source)
     profile = load_trainer_profile(str(data.get("trainer", "cpu")))
     evaluation = load_evaluation(str(data.get("evaluation", "default")))
     evaluation_mapping = evaluation.to_mapping()
@@ -142,15 +172,8 @@ def build_sweep(name: str, data: dict[str, Any], overrides: list[str], source: s
             _check_keys({rest[0]: value}, {k: v for k, v in TRAINER_PROFILE_KEYS.items() if k != "trainer"},
                         f"override {text!r}")
             setattr(profile, rest[0], value)
-        elif head in ("methods", "datasets") and len(rest) == 2:
-            components = methods if head == "methods" else datasets
-            target = next((c for n, c in components.items() if c.name == rest[0] or n == rest[0]), None)
-            if target is None:
-                raise ConfigError(f"override {text!r}: {rest[0]!r} is not one of this sweep's {head}: "
-                                  f"{[c.name for c in components.values()]}")
-            target.init_args = {**target.init_args, rest[1]: value}
-            target.source = f"{target.source} + override {text!r}"
-            target.validate()
+        elif head in ("methods", "datasets"):
+            _override_component(text, head, methods if head == "methods" else datasets)
         elif head == "evaluation":
             evaluation_mapping[".".join(rest)] = value
             _check_keys(evaluation_mapping, EVALUATION_KEYS, f"override {text!r}")
@@ -167,8 +190,135 @@ def build_sweep(name: str, data: dict[str, Any], overrides: list[str], source: s
     if backend["kind"] not in ("local", "submitit"):
         raise ConfigError(f"{source}: backend.kind must be local or submitit, got {backend['kind']!r}")
     jobs = [Job(method, dataset, profile, seed, evaluation)
-            for dataset in datasets.values() for method in methods.values() for seed in seeds]
+            for dataset, _ in datasets for method, _ in methods for seed in seeds]
     return Sweep(name, jobs, str(data.get("primary_metric", "pixel/auprc")), backend, source)
+
+
+# ---- grid entries ---------------------------------------------------------------------------------------------
+def format_value(value: Any) -> str:
+    """A short YAML-like rendering of a grid value for variant names: ``3``, ``-1.0``, ``1e-05``, ``true``,
+    ``null``, ``l1``, ``[0.5,0.999]``, ``{a:1}`` (no spaces)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def variant_name(config: str, arguments: dict[str, Any]) -> str:
+    """``digits@held_out_class=3``: the config name, then ``key=value`` pairs in the given order."""
+    return config + "@" + ",".join(f"{key}={format_value(value)}" for key, value in arguments.items())
+
+
+def _entry_parts(kind: str, entry: Any, source: str) -> tuple[str, dict[str, Any] | None]:
+    """The config name or path of a sweep entry and its arguments (None for a plain entry)."""
+    where = f"{source}: {kind} entry {entry!r}"
+    if isinstance(entry, list):
+        raise ConfigError(f"{where}: expected a config name or a mapping {{name: {{argument: values}}}}")
+    if not isinstance(entry, dict):
+        return str(entry), None
+    if len(entry) != 1:
+        raise ConfigError(f"{where}: a grid entry is a mapping with exactly one key (the config name or path), got "
+                          f"{list(entry)}; indent the arguments under the name, e.g. - ae: {{lr: [0.001, 0.01]}}")
+    name, arguments = next(iter(entry.items()))
+    if not isinstance(arguments, dict) or not arguments:
+        raise ConfigError(f"{where}: the value of {name!r} must be a non-empty mapping of init_args entries, "
+                          f"got {arguments!r}")
+    for key, value in arguments.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: argument names must be strings, got {key!r}")
+        if isinstance(value, list) and not value:
+            raise ConfigError(f"{where}: {key}: an empty list gives no variant; a grid axis needs at least one value")
+    return str(name), arguments
+
+
+def _expand(kind: str, entry: Any, source: str) -> tuple[set[str], list[ComponentConfig]]:
+    """The names an override may use for this entry (config name, entry text) and its variants."""
+    name, arguments = _entry_parts(kind, entry, source)
+    base = load_component(kind, name)
+    aliases = {name, base.name}
+    if arguments is None:
+        return aliases, [base]
+    axes = {key: value for key, value in arguments.items() if isinstance(value, list)}
+    fixed = {key: value for key, value in arguments.items() if not isinstance(value, list)}
+    named = list(axes) or list(fixed)
+    for key in named:
+        values = axes.get(key, [arguments[key]])
+        bad = next((v for v in values if any(c in "/\\\0" or c.isspace() for c in format_value(v))), None)
+        if bad is not None:
+            raise ConfigError(f"{source}: {kind} entry {name!r}: {key} = {bad!r} cannot be part of a variant name "
+                              "(it names the run folders: no '/', '\\', NUL or whitespace); write a separate "
+                              f"config file with this value (configs/{kind}/<name>.yaml) and list that instead")
+    variants = []
+    for combination in itertools.product(*axes.values()):
+        values = {**fixed, **dict(zip(axes, combination, strict=True))}
+        values = {key: copy.deepcopy(values[key]) for key in arguments}  # the order written
+        variant = replace(base, name=variant_name(base.name, {key: values[key] for key in named}),
+                          init_args={**copy.deepcopy(base.init_args), **values})
+        variant.source = f"{source}: {kind} grid entry {variant.name!r} (from {base.source})"
+        try:
+            variant.validate()
+        except ConfigError as error:
+            if not any(f"init_args.{key} =" in str(error) for key in axes):
+                raise
+            raise ConfigError(f"{error} (in a sweep grid entry a list is a grid axis: write a list-valued "
+                              "argument as a list of lists, e.g. betas: [[0.5, 0.999]])") from error
+        variants.append(variant)
+    return aliases, variants
+
+
+def expand_entry(kind: str, entry: Any, source: str = "<memory>") -> list[ComponentConfig]:
+    """The components of one ``methods`` / ``datasets`` entry of a sweep (``kind``): a config name or path gives
+    its config; a grid entry ``{name: {argument: value or [values]}}`` one validated copy per variant, named as in
+    the module docstring. ConfigError (naming ``source`` and the key) for malformed entries and arguments."""
+    return _expand(kind, entry, source)[1]
+
+
+def _expand_all(kind: str, entries: list[Any], source: str) -> list[tuple[ComponentConfig, set[str]]]:
+    """Every component of a sweep's ``methods`` or ``datasets``, each with the names that override it."""
+    components: list[tuple[ComponentConfig, set[str]]] = []
+    seen: dict[str, Any] = {}
+    for entry in entries:
+        aliases, variants = _expand(kind, entry, source)
+        for variant in variants:
+            if variant.name in seen:
+                raise ConfigError(f"{source}: {kind}: {variant.name!r} appears twice (entries {seen[variant.name]!r} "
+                                  f"and {entry!r}); names must differ (put an argument that tells them apart in "
+                                  "the grid, e.g. lr: [0.01])")
+            seen[variant.name] = entry
+            components.append((variant, aliases | {variant.name}))
+    return components
+
+
+def _override_component(text: str, head: str, components: list[tuple[ComponentConfig, set[str]]]) -> None:
+    """``methods.<name>.<arg>=value``: ``<name>`` a variant name (may hold ``.`` and ``=``) or a config name."""
+    names = {name for _, aliases in components for name in aliases}
+    key = text.strip().removeprefix(f"{head}.")
+    name = max((n for n in names if key.startswith(f"{n}.")), key=len, default=None)
+    if name is None and (key in names or key.partition("=")[0] in names):
+        raise ConfigError(f"override {text!r}: no argument given; expected {head}.<name>.<argument>=<value>")
+    if name is None:
+        available = [config.name for config, _ in components]
+        bases = sorted(names - set(available))
+        guess = key.rsplit("=", 1)[0].rsplit(".", 1)[0]
+        raise ConfigError(f"override {text!r}: {guess!r} is not one of this sweep's {head}: {available}"
+                          + (f" (or a config name: {bases})" if bases else "")
+                          + f"; expected {head}.<name>.<argument>=<value>")
+    path, value = parse_override(key[len(name) + 1:])
+    if len(path) != 1:
+        raise ConfigError(f"override {text!r}: expected {head}.<name>.<argument>=<value>, got argument "
+                          f"{'.'.join(path)!r}")
+    for config, aliases in components:
+        if name in aliases:
+            config.init_args = {**config.init_args, path[0]: value}
+            config.source = f"{config.source} + override {text!r}"
+            config.validate()
 
 
 def _check_keys(data: dict[str, Any], allowed: dict[str, str], source: str) -> None:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from datamodules.errors import DataError
 
 BATCH_KEYS = ("image", "mask", "roi", "label", "subject", "slice")
+HEALTHY_TEST_SET = "healthy"  # the test set of healthy subjects, reference of the evaluator's ``sample.vs_healthy``
 
 
 @dataclass
@@ -152,7 +153,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)  # unseeded: 64 bit
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
     def __len__(self) -> int:

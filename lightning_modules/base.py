@@ -9,7 +9,7 @@ image grids) consume. Nothing here knows about metrics or files.
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -23,15 +23,38 @@ class AnomalyOutput:
 
     ``anomaly_map`` [B,1,H,W] >= 0 (higher = more anomalous), ``anomaly_score`` [B], and the
     ``reconstruction`` [B,C,H,W] for methods that restore a healthy image (``None`` otherwise).
+
+    A method with several scoring rules (the VAE's ``rec``, ``grad_kl``, ``combi``, ...) fills ``variants``:
+    name -> (map, score) for every rule it declares in :attr:`AnomalyModule.score_variants`; ``anomaly_map`` and
+    ``anomaly_score`` are then those of the first (primary) variant. Each variant is evaluated on its own and
+    becomes its own leaderboard entry ``<method>[<variant>]``.
     """
 
     anomaly_map: Tensor
     anomaly_score: Tensor
     reconstruction: Tensor | None = None
+    variants: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def from_variants(cls, variants: dict[str, tuple[Tensor, Tensor]],
+                      reconstruction: Tensor | None = None) -> AnomalyOutput:
+        """An output whose primary map and score are those of the first variant."""
+        if not variants:
+            raise ValueError("from_variants needs at least one (map, score) variant")
+        anomaly_map, anomaly_score = next(iter(variants.values()))
+        return cls(anomaly_map, anomaly_score, reconstruction, dict(variants))
+
+    def by_variant(self) -> dict[str | None, AnomalyOutput]:
+        """One single-score output per variant (``{None: self}`` for a method without variants)."""
+        if not self.variants:
+            return {None: self}
+        return {name: AnomalyOutput(anomaly_map, score, self.reconstruction)
+                for name, (anomaly_map, score) in self.variants.items()}
 
     def detach(self) -> AnomalyOutput:
         rec = None if self.reconstruction is None else self.reconstruction.detach()
-        return AnomalyOutput(self.anomaly_map.detach(), self.anomaly_score.detach(), rec)
+        variants = {name: (m.detach(), s.detach()) for name, (m, s) in self.variants.items()}
+        return AnomalyOutput(self.anomaly_map.detach(), self.anomaly_score.detach(), rec, variants)
 
 
 class AnomalyModule(pl.LightningModule):
@@ -43,6 +66,9 @@ class AnomalyModule(pl.LightningModule):
             latent optimisation); the runner then builds the Trainer with ``inference_mode=False`` and the base
             class enables autograd in validation / test.
         trainer_defaults: Trainer arguments this method needs (merged under the user's trainer profile).
+
+    A method with several scoring rules overrides :attr:`score_variants` (names known before any batch, so that
+    every device builds the same metric states) and returns them in :attr:`AnomalyOutput.variants`.
     """
 
     requires_training: ClassVar[bool] = True
@@ -53,6 +79,11 @@ class AnomalyModule(pl.LightningModule):
         super().__init__(*args, **kwargs)
         # multi-device evaluation gives each rank whole subjects, so a rank may have no batch of a small test set
         self.allow_zero_length_dataloader_with_multiple_devices = True
+
+    @property
+    def score_variants(self) -> tuple[str, ...]:
+        """Names of the scoring rules in ``AnomalyOutput.variants``, primary first (empty: a single score)."""
+        return ()
 
     @abstractmethod
     def predict_anomaly(self, image: Tensor) -> AnomalyOutput:
@@ -68,6 +99,11 @@ class AnomalyModule(pl.LightningModule):
         return anomaly_map.flatten(1).mean(dim=1)
 
     def _predict(self, batch: dict[str, Any]) -> AnomalyOutput:
+        if self.needs_input_gradients and torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} differentiates its anomaly maps w.r.t. the input, which inference mode "
+                "forbids: build the Trainer with inference_mode=False (the NormBench runner does this for every "
+                "method with needs_input_gradients)")
         with torch.set_grad_enabled(self.needs_input_gradients):
             output = self.predict_anomaly(batch["image"])
         return output.detach()

@@ -39,8 +39,8 @@ def evaluate(devices: int, data_root: str) -> dict:
         model = IntensityBaseline()
         trainer.validate(model, datamodule=datamodule, verbose=False)
         trainer.test(model, datamodule=datamodule, verbose=False)
-        results[name] = {"calibration": callback.calibration, "test_sets": callback.results,
-                         "curves": callback.curves, "rank": trainer.global_rank}
+        results[name] = {"calibration": callback.calibration[None], "test_sets": callback.results[None],
+                         "curves": callback.curves[None], "rank": trainer.global_rank}
     return results
 
 

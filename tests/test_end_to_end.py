@@ -179,3 +179,41 @@ def test_evaluation_profile_is_selectable_and_recorded(configs, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["evaluation"]["postprocessing"]["name"] == "none"
     assert len(list(run.parent.glob(".seed_0.replaced-*"))) == 1
+
+
+def test_vae_score_variants_through_run_leaderboard_and_report(configs):
+    assert _run(configs, "vae", "methods.vae.channels=[4,8,16]", "methods.vae.z_dim=8") == 0
+    run = _run_dir(configs, "vae")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["primary_variant"] == "combi"
+    assert list(metrics["variants"]) == ["combi", "rec", "grad_kl", "grad_elbo", "grad_rec"]
+    assert metrics["test_sets"] == metrics["variants"]["combi"]["test_sets"]
+    thresholds = {name: entry["calibration"]["thresholds"]["healthy_fpr@5%"]["threshold"]
+                  for name, entry in metrics["variants"].items()}
+    # each variant calibrated on its own maps (grad_elbo ~ grad_rec when the reconstruction term dominates)
+    assert len({thresholds[name] for name in ('combi', 'rec', 'grad_kl', 'grad_rec')}) == 4
+    for entry in metrics["variants"].values():
+        tumor = entry["test_sets"]["tumor"]
+        assert 0.0 <= tumor["pixel"]["auroc"] <= 1.0 and "vs_healthy" in tumor["sample"]
+    # the KL-gradient maps are non-zero (autograd was on at test time) and saved per variant
+    assert metrics["variants"]["grad_kl"]["calibration"]["thresholds"]["healthy_fpr@5%"]["threshold"] > 0
+    assert (run / "figures" / "qualitative_tumor[grad_kl].png").is_file()
+    curves = json.loads((run / "curves.json").read_text())
+    assert set(curves["variants"]) == set(metrics["variants"])
+    board = (configs["results"] / "adhoc" / "leaderboard.csv").read_text()
+    assert all(f"vae[{name}],tiny_brain,tumor" in board for name in metrics["variants"])
+    report = (configs["results"] / "adhoc" / "report.md").read_text()
+    assert "qualitative_tumor%5Bcombi%5D.png" in report and "| vae[grad_kl]" in report
+
+
+def test_mlp_vae_on_held_out_digits(configs):
+    assert main(["run", "--method", "vae_mlp", "--dataset", "digits", "--trainer", str(configs["trainer"]),
+                 "--results-dir", str(configs["results"]), "--quiet", "datasets.digits.held_out_class=7",
+                 "datasets.digits.image_size=16"]) == 0
+    metrics = json.loads((configs["results"] / "adhoc" / "runs" / "digits" / "vae_mlp" / "seed_0" /
+                          "metrics.json").read_text())
+    for entry in metrics["variants"].values():
+        anomalous = entry["test_sets"]["anomalous"]["sample"]
+        assert anomalous["n_slices"] == anomalous["n_anomalous_slices"] == 179  # every 7 of the 1797 digits
+        assert 0.0 <= anomalous["vs_healthy"]["auroc"] <= 1.0
+        assert anomalous["vs_healthy"]["n_healthy_slices"] == entry["test_sets"]["healthy"]["sample"]["n_slices"]

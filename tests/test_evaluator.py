@@ -24,6 +24,7 @@ from benchmark.metrics import (
     MethodOutputError,
     PostProcessing,
     SetLayout,
+    add_vs_healthy,
     check_output,
 )
 from benchmark.metrics.evaluator import TestSetEvaluator as SetEvaluator  # not collected as a test class
@@ -618,3 +619,24 @@ def test_subject_shard_sampler_partitions_whole_subjects(seed):
             assert owners.setdefault(subjects[i], r) == r  # each subject on exactly one rank
     loads = [len(shard) for shard in indices]
     assert max(loads) - min(loads) <= sizes.max()
+
+
+def test_vs_healthy_ranks_anomalous_slices_against_the_healthy_set():
+    rng = np.random.default_rng(0)
+    healthy_scores = rng.normal(0.0, 1.0, 40)
+    set_normal, set_anomalous = rng.normal(0.0, 1.0, 25), rng.normal(1.0, 1.0, 15)
+    results = {"healthy": {"sample": {}, "notes": {}}, "lesion": {"sample": {}, "notes": {}}}
+    curves = {"healthy": {"sample_scores": {"normal": sorted(healthy_scores.tolist()), "anomalous": []}},
+              "lesion": {"sample_scores": {"normal": sorted(set_normal.tolist()),
+                                           "anomalous": sorted(set_anomalous.tolist())}}}
+    add_vs_healthy(results, curves)
+    labels = np.r_[np.zeros(40), np.ones(15)]
+    scores = np.r_[healthy_scores, set_anomalous].astype(np.float32)
+    entry = results["lesion"]["sample"]["vs_healthy"]
+    assert entry["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert entry["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
+    assert (entry["n_healthy_slices"], entry["n_anomalous_slices"]) == (40, 15)
+    assert "vs_healthy" not in results["healthy"]["sample"]  # the reference itself
+    no_reference = {"lesion": {"sample": {}, "notes": {}}}
+    add_vs_healthy(no_reference, {"lesion": curves["lesion"]})
+    assert "vs_healthy" not in no_reference["lesion"]["sample"]

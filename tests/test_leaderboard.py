@@ -370,3 +370,23 @@ def test_compare_errors_name_the_file(comparison, tmp_path: Path) -> None:
     elsewhere.write_text(leaderboard_csv(board))
     with pytest.raises(ValueError, match=r"share no dataset / test set.*brats/tumor"):
         compare(comparison["new_sweep"], elsewhere)
+
+
+def test_score_variants_become_their_own_entries_and_share_failures(tmp_path: Path) -> None:
+    sweep = tmp_path / "variants"
+    for seed, (a, b) in enumerate([(0.2, 0.6), (0.4, 0.8)]):
+        run = completed("vae", seed, a)
+        run["primary_variant"] = "combi"
+        run["variants"] = {"combi": {"test_sets": run["test_sets"], "calibration": run["calibration"]},
+                           "rec": {"test_sets": completed("vae", seed, b)["test_sets"],
+                                   "calibration": run["calibration"]}}
+        write_run(sweep, "vae", seed, run)
+    write_run(sweep, "vae", 2, failed("vae", 2, "NonFiniteLossError", "loss is NaN"))
+    board = build_leaderboard(sweep)
+    assert sorted(set(board["method"])) == ["vae[combi]", "vae[rec]"]
+    for method, values in (("vae[combi]", [0.2, 0.4]), ("vae[rec]", [0.6, 0.8])):
+        tumor = row(board, method, "tumor")
+        assert tumor["pixel/auprc:mean"] == pytest.approx(np.mean(values))
+        assert tumor["n_seeds"] == 2 and tumor["status"] == "partial: 1/3 failed"
+        assert "NonFiniteLossError" in tumor["failures"]
+    assert row(board, "vae[rec]", "tumor")["rank"] == 1

@@ -182,7 +182,7 @@ def test_report_without_curves_or_metric_columns_is_deterministic(sweep):
     assert "No curves.json for `ae`, `broken`, `intensity`." in text and "curves_synth" not in text
     assert "No finite values (or no leaderboard column) for `lesion_size/small/auprc`" in text
     assert "runs/synth/ae/seed_" not in text and "runs/synth/intensity/seed_1/figures/qualitative_tumor.png" in text
-    assert _table_row(text, "ae", "tumor").count("|") == 9  # sample/auroc is a headline column: no extra one
+    assert _table_row(text, "ae", "tumor").count("|") == 10  # sample/auroc is a headline column: no extra one
     assert all(path.is_file() for path in _images(root / "report.md"))
     assert write_report(root, primary="sample/auroc", metrics=["lesion_size/small/auprc"]).read_text() == text
 

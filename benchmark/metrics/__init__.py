@@ -3,7 +3,13 @@
 from benchmark.metrics.binning import ScoreBins
 from benchmark.metrics.calibration import HealthyCalibration
 from benchmark.metrics.curves import BinnedCurves, OperatingPoint
-from benchmark.metrics.evaluator import MethodOutputError, SetLayout, TestSetEvaluator, check_output
+from benchmark.metrics.evaluator import (
+    MethodOutputError,
+    SetLayout,
+    TestSetEvaluator,
+    add_vs_healthy,
+    check_output,
+)
 from benchmark.metrics.histogram import PixelHistogram
 from benchmark.metrics.postprocessing import PROFILES, PostProcessing
 from benchmark.metrics.ranking import BinaryRanking
@@ -22,6 +28,7 @@ __all__ = [
     "ScoreBins",
     "SetLayout",
     "TestSetEvaluator",
+    "add_vs_healthy",
     "check_output",
     "threshold_name",
 ]

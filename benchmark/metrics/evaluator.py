@@ -4,7 +4,9 @@
   ``bg_included = false``) from constant-memory histograms of the raw maps.
 * Metrics at the thresholds calibrated on healthy validation data (Dice, precision, recall, FPR pooled over the
   test set's roi pixels, and Dice mean / std over volumes), after the post-processing profile.
-* Sample metrics: AUROC / AUPRC of ``anomaly_score`` against the slice ``label``, and score distributions.
+* Sample metrics: AUROC / AUPRC of ``anomaly_score`` against the slice ``label``, and score distributions;
+  with a ``healthy`` test set also ``sample.vs_healthy``: this set's anomalous slices against the healthy set's
+  slices (:func:`add_vs_healthy`).
 * Lesion-size strata: slices grouped by lesion area (pixels of the slice's mask; slices without lesion pixels
   are not stratified), AUPRC, best Dice and calibrated Dice per stratum.
 
@@ -23,10 +25,11 @@ from torch import Tensor, nn
 
 from benchmark.metrics.curves import NO_NEGATIVES, NO_POSITIVES, BinnedCurves
 from benchmark.metrics.histogram import PixelHistogram
-from benchmark.metrics.ranking import BinaryRanking
+from benchmark.metrics.ranking import BinaryRanking, ranking_metrics
 from benchmark.metrics.settings import EvaluationSettings
 from benchmark.metrics.thresholded import ThresholdedCounts, confusion_counts, operating_point, volume_dice
 from benchmark.metrics.volumes import MapStream, slices_per_subject
+from datamodules.base import HEALTHY_TEST_SET
 from lightning_modules.base import AnomalyOutput
 
 
@@ -34,11 +37,20 @@ class MethodOutputError(RuntimeError):
     """A method returned an anomaly map or score that violates the output contract."""
 
 
-def check_output(output: Any, batch: dict[str, Any], method: str) -> None:
-    """Reject outputs that would silently corrupt metrics: wrong type or shape, NaN/Inf, negative maps."""
+def check_output(output: Any, batch: dict[str, Any], method: str, variants: Sequence[str] = ()) -> None:
+    """Reject outputs that would silently corrupt metrics: wrong type or shape, NaN/Inf, negative maps, and
+    score variants other than the ones the method declares (``score_variants``)."""
     if not isinstance(output, AnomalyOutput):
         raise MethodOutputError(
             f"method {method}: predict_anomaly must return AnomalyOutput, got {type(output).__name__}")
+    if list(output.variants) != list(variants):
+        raise MethodOutputError(f"method {method}: returned score variants {list(output.variants)}, but its "
+                                f"score_variants property declares {list(variants)}; they must match in order")
+    for name, single in output.by_variant().items():
+        _check_single(single, batch, method if name is None else f"{method}[{name}]")
+
+
+def _check_single(output: AnomalyOutput, batch: dict[str, Any], method: str) -> None:
     b, _, h, w = batch["image"].shape
     if tuple(output.anomaly_map.shape) != (b, 1, h, w):
         raise MethodOutputError(f"method {method}: anomaly_map has shape {tuple(output.anomaly_map.shape)}, "
@@ -55,6 +67,27 @@ def check_output(output: Any, batch: dict[str, Any], method: str) -> None:
         raise MethodOutputError(f"method {method}: anomaly_map has negative values (min {minimum}); maps must be >= 0")
 
 
+def add_vs_healthy(results: dict[str, dict[str, Any]], curves: dict[str, dict[str, Any]],
+                   reference: str = HEALTHY_TEST_SET) -> None:
+    """Sample metrics of each test set's anomalous slices against every slice of the healthy test set.
+
+    The leave-one-class-out protocol (and BMAD / MedIAnomaly's normal-vs-abnormal test images) ranks anomalous
+    samples against a separate healthy test set: ``sample.vs_healthy`` = AUROC / AUPRC of this set's anomalous
+    scores against the ``reference`` set's normal scores. Added in place; nothing when there is no such set.
+    """
+    if reference not in results:
+        return
+    negatives = torch.tensor(curves[reference]["sample_scores"]["normal"], dtype=torch.float32)
+    for name, result in results.items():
+        if name == reference:
+            continue
+        positives = torch.tensor(curves[name]["sample_scores"]["anomalous"], dtype=torch.float32)
+        metrics = ranking_metrics(negatives, positives)
+        if metrics["reason"]:
+            result["notes"]["sample.vs_healthy"] = metrics["reason"]
+        result["sample"]["vs_healthy"] = {"auroc": metrics["auroc"], "auprc": metrics["auprc"],
+                                          "reference": reference, "n_healthy_slices": int(negatives.numel()),
+                                          "n_anomalous_slices": int(positives.numel())}
 
 
 class SetLayout:

@@ -44,18 +44,23 @@ class BinaryRanking(Metric):
                                   # sorted: the gather order differs between 1 and N devices
                                   "scores": {"normal": scores[targets == 0].sort().values.tolist(),
                                              "anomalous": scores[targets == 1].sort().values.tolist()}}
-        if n_pos == 0 or n_neg == 0:
-            missing = "positive" if n_pos == 0 else "negative"
-            result.update(auroc=math.nan, auprc=math.nan, reason=f"no {missing} samples: metric undefined")
-            return result
-        # torchmetrics reads scores outside [0, 1] as logits and squashes them with a float32 sigmoid, which ties
-        # large scores; ranks scaled into [0, 1] keep the order and the ties exactly
-        distinct, rank = torch.unique(scores, return_inverse=True)
-        ranked = rank.double() / max(len(distinct) - 1, 1)
-        target_long = targets.long()
-        result["auroc"] = float(binary_auroc(ranked, target_long))
-        result["auprc"] = float(binary_average_precision(ranked, target_long))
+        result.update(ranking_metrics(scores[targets == 0], scores[targets == 1]))
         return result
+
+
+def ranking_metrics(negatives: Tensor, positives: Tensor) -> dict[str, Any]:
+    """``{auroc, auprc, reason}`` of positive against negative scores (NaN and a reason when one side is empty)."""
+    if positives.numel() == 0 or negatives.numel() == 0:
+        missing = "positive" if positives.numel() == 0 else "negative"
+        return {"auroc": math.nan, "auprc": math.nan, "reason": f"no {missing} samples: metric undefined"}
+    scores = torch.cat([negatives.flatten(), positives.flatten()]).float()
+    targets = torch.cat([torch.zeros(negatives.numel()), torch.ones(positives.numel())]).long()
+    # torchmetrics reads scores outside [0, 1] as logits and squashes them with a float32 sigmoid, which ties
+    # large scores; ranks scaled into [0, 1] keep the order and the ties exactly
+    distinct, rank = torch.unique(scores, return_inverse=True)
+    ranked = rank.double() / max(len(distinct) - 1, 1)
+    return {"auroc": float(binary_auroc(ranked, targets)), "auprc": float(binary_average_precision(ranked, targets)),
+            "reason": None}
 
 
 def _cat(state: Tensor | list[Tensor]) -> Tensor:
