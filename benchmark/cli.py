@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("report", cmd_report, "rebuild the leaderboard and SWEEP_DIR/report.md")):
         command = sub.add_parser(name, parents=[common], help=text)
         command.add_argument("sweep_dir", help="a sweep folder, e.g. results/default")
-        command.add_argument("--primary", default="pixel/auprc", help="rank metric (default: pixel/auprc)")
+        command.add_argument("--primary", default="pixel/auprc",
+                             help="rank metric, or comma-separated fallbacks (default: pixel/auprc)")
         command.set_defaults(func=func)
 
     comp = sub.add_parser("compare", parents=[common], help="compare a sweep or leaderboard with a reference")

@@ -7,7 +7,9 @@ Output: ``<sweep>/leaderboard.csv``, rewritten atomically under a file lock so t
 the same time never leave a torn file. Columns, in this order:
 
 * ``method, dataset, test_set, rank, n_seeds, seeds, status, failures``: ``rank`` 1 = best within dataset x test
-  set by the primary metric's mean (higher is better; empty where that mean is NaN); ``n_seeds`` / ``seeds``: the
+  set by the primary metric's mean (higher is better; empty where that mean is NaN; with comma-separated
+  fallbacks such as ``pixel/auprc,sample/vs_healthy/auroc`` the first with a finite mean in that dataset x test
+  set, see :func:`group_primary`); ``n_seeds`` / ``seeds``: the
   completed seeds behind the numbers; ``status``: ``completed``, ``partial: 1/3 failed`` or ``failed``.
   A method x dataset whose every seed failed keeps one row, test set ``-``, with its failures.
 * ``<metric>:mean, <metric>:std`` for every metric of :func:`flatten_metrics` (``pixel/auprc``,
@@ -180,13 +182,32 @@ def metric_names(runs: Iterable[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
+def primary_metrics(primary: str) -> list[str]:
+    """``"pixel/auprc,sample/vs_healthy/auroc"`` -> the rank metrics in order of preference (``:mean`` dropped)."""
+    return [part.strip().removesuffix(":mean") for part in primary.split(",") if part.strip()]
+
+
 def check_primary(primary: str, names: list[str]) -> str:
-    """The primary metric's name (a trailing ``:mean`` is accepted); ValueError listing the names if unknown."""
-    name = primary.removesuffix(":mean")
-    if name not in names:
+    """The primary metric(s), comma-separated fallbacks allowed (a trailing ``:mean`` is accepted); ValueError
+    listing the available names if one is unknown."""
+    wanted = primary_metrics(primary)
+    unknown = [name for name in wanted if name not in names]
+    if unknown or not wanted:
         raise ValueError(f"primary metric {primary!r} is not among the metrics of this sweep; "
                          f"available: {', '.join(names) or 'none'}")
-    return name
+    return ",".join(wanted)
+
+
+def group_primary(block: pd.DataFrame, primary: str) -> str:
+    """The rank metric of one dataset x test set: the first of ``primary``'s metrics with a finite mean there
+    (so ``pixel/auprc,sample/vs_healthy/auroc`` ranks lesion sets by pixel AUPRC and a sample-level dataset by its
+    sample AUROC against the healthy set); the first one when none is finite."""
+    wanted = primary_metrics(primary)
+    for name in wanted:
+        column = f"{name}:mean"
+        if column in block and pd.to_numeric(block[column], errors="coerce").notna().any():
+            return name
+    return wanted[0]
 
 
 # ---- aggregation ----------------------------------------------------------------------------------------------
@@ -257,10 +278,13 @@ def _group_rows(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
 
 
 def _ranks(frame: pd.DataFrame, primary: str | None) -> pd.Series:
+    ranks = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     if primary is None or frame.empty:
-        return pd.Series(pd.NA, index=frame.index, dtype="Int64")
-    ranks = frame.groupby(["dataset", "test_set"])[f"{primary}:mean"].rank(ascending=False, method="min")
-    return ranks.astype("Int64")
+        return ranks
+    for _, block in frame.groupby(["dataset", "test_set"]):
+        metric = group_primary(block, primary)
+        ranks.loc[block.index] = block[f"{metric}:mean"].rank(ascending=False, method="min").astype("Int64")
+    return ranks
 
 
 def columns(names: list[str]) -> list[str]:

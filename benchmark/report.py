@@ -28,9 +28,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from benchmark.families import family_averages, family_table
+from benchmark.families import family_averages, family_of, family_table
 from benchmark.io import atomic_write_text, read_json
-from benchmark.leaderboard import read_leaderboard
+from benchmark.leaderboard import group_primary, primary_metrics, read_leaderboard
 from benchmark.markdown import markdown_table
 from benchmark.naming import qualitative_name, variant_method
 
@@ -254,7 +254,8 @@ def _header(sweep: Sweep, primary: str) -> list[str]:
         f"- **Runs**: {runs}",
         f"- **Evaluation**: {', '.join(setup) or NA}",
         f"- **Software**: {_versions(sweep)}",
-        f"- **Primary metric**: `{primary}` (rows sorted by it, best first)",
+        f"- **Primary metric**: `{primary}` (rows sorted by it, best first; with fallbacks, by the first one defined "
+        "for the test set)",
         "- **Leaderboard**: [leaderboard.csv](leaderboard.csv)",
         "",
         READING_GUIDE,
@@ -266,18 +267,19 @@ def _mean_std(row: pd.Series, metric: str) -> tuple[float, float]:
 
 
 def _sorted_block(block: pd.DataFrame, primary: str) -> pd.DataFrame:
-    """Best first by the primary metric's mean (NaN last), ties by method name."""
-    key = block.get(f"{primary}:mean", pd.Series(math.nan, index=block.index)).astype(float)
+    """Best first by the block's rank metric (:func:`group_primary`; NaN last), ties by method name."""
+    metric = group_primary(block, primary)
+    key = block.get(f"{metric}:mean", pd.Series(math.nan, index=block.index)).astype(float)
     order = sorted(block.index, key=lambda i: (not math.isfinite(key[i]), -key[i] if math.isfinite(key[i]) else 0.0,
                                                block.at[i, "method"]))
     return block.loc[order]
 
 
 def leaderboard_table(rows: pd.DataFrame, primary: str) -> str | None:
-    """Markdown table of the headline columns (plus the primary metric when it is not one), one dataset."""
+    """Markdown table of the headline columns (plus the primary metrics that are not among them), one dataset."""
     columns = list(HEADLINE)
-    if primary not in {metric for _, metric in HEADLINE}:
-        columns.append((primary, primary))
+    columns += [(metric, metric) for metric in primary_metrics(primary)
+                if metric not in {m for _, m in HEADLINE}]
     body = []
     for test_set in _unique(rows["test_set"]):
         block = _sorted_block(rows[rows["test_set"] == test_set], primary)
@@ -626,18 +628,23 @@ def _qualitative_section(sweep: Sweep, dataset: str) -> list[str]:
 
 
 def _families_section(sweep: Sweep, primary: str) -> list[str]:
-    """Averages over dataset variants (``digits@held_out_class=0..9``): per-dataset seed means averaged."""
-    metrics = [metric for _, metric in HEADLINE]
-    if primary not in metrics:
-        metrics.insert(0, primary)
-    averages = family_averages(sweep.board, metrics)
+    """Averages over dataset variants (``digits@held_out_class=0..9``): per-dataset seed means averaged, one table
+    per family, rows ordered by the family's rank metric."""
     titles = {metric: title for title, metric in HEADLINE}
-    table = family_table(averages, [(titles.get(metric, metric), metric) for metric in metrics])
-    if table is None:
+    lines = []
+    for family in _unique(family_of(name) for name in sweep.board["dataset"]):
+        rows = sweep.board[[family_of(name) == family for name in sweep.board["dataset"]]]
+        first = group_primary(rows, primary)
+        metrics = [first, *(metric for metric in [*primary_metrics(primary), *titles] if metric != first)]
+        metrics = list(dict.fromkeys(metrics))
+        table = family_table(family_averages(rows, metrics), [(titles.get(m, m), m) for m in metrics])
+        if table is not None:
+            lines += [f"### Family `{family}`", "", table, ""]
+    if not lines:
         return []
     return ["## Averages over dataset variants", "",
             "Datasets of one sweep grid entry (names `<config>@<argument>=<value>`) form a family; each value is the "
-            "mean ± std over the family's datasets of the per-dataset means over seeds.", "", table, ""]
+            "mean ± std over the family's datasets of the per-dataset means over seeds.", "", *lines]
 
 
 def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: Sequence[str] | None = None) -> Path:

@@ -18,6 +18,7 @@ from benchmark.leaderboard import (
     build_leaderboard,
     collect_runs,
     flatten_metrics,
+    group_primary,
     leaderboard_csv,
     read_leaderboard,
     write_leaderboard,
@@ -390,3 +391,18 @@ def test_score_variants_become_their_own_entries_and_share_failures(tmp_path: Pa
         assert tumor["n_seeds"] == 2 and tumor["status"] == "partial: 1/3 failed"
         assert "NonFiniteLossError" in tumor["failures"]
     assert row(board, "vae[rec]", "tumor")["rank"] == 1
+
+
+def test_primary_fallbacks_rank_each_test_set_by_its_first_defined_metric(reference) -> None:
+    sweep, _ = reference
+    plain = build_leaderboard(sweep, "pixel/auprc")
+    fallback = build_leaderboard(sweep, "pixel/auprc,sample/auroc")
+    tumor = fallback["test_set"] == "tumor"
+    assert fallback.loc[tumor, "rank"].tolist() == plain.loc[plain["test_set"] == "tumor", "rank"].tolist()
+    frame = pd.DataFrame({"method": ["a", "b"], "pixel/auprc:mean": [math.nan, math.nan],
+                          "sample/auroc:mean": [0.7, 0.9]})
+    assert group_primary(frame, "pixel/auprc,sample/auroc") == "sample/auroc"
+    assert group_primary(frame.assign(**{"pixel/auprc:mean": [0.1, math.nan]}), "pixel/auprc,sample/auroc") == \
+        "pixel/auprc"
+    with pytest.raises(ValueError, match="not among the metrics"):
+        build_leaderboard(sweep, "pixel/auprc,no/such")
