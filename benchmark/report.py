@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from benchmark.families import family_averages, family_of, family_table
+from benchmark.families import MEAN, family_averages, family_of, family_table
 from benchmark.io import atomic_write_text, read_json
 from benchmark.leaderboard import group_primary, primary_metrics, read_leaderboard
 from benchmark.markdown import markdown_table
@@ -636,8 +636,10 @@ def _families_section(sweep: Sweep, primary: str) -> list[str]:
         rows = sweep.board[[family_of(name) == family for name in sweep.board["dataset"]]]
         first = group_primary(rows, primary)
         metrics = [first, *(metric for metric in [*primary_metrics(primary), *titles] if metric != first)]
-        metrics = list(dict.fromkeys(metrics))
-        table = family_table(family_averages(rows, metrics), [(titles.get(m, m), m) for m in metrics])
+        averages = family_averages(rows, list(dict.fromkeys(metrics)))
+        averages = averages[averages["n_datasets"] > 0]  # e.g. the healthy test sets of a sample-level family
+        shown = [m for m in dict.fromkeys(metrics) if averages[f"{m}:{MEAN}"].notna().any()]
+        table = family_table(averages, [(titles.get(m, m), m) for m in shown])
         if table is not None:
             lines += [f"### Family `{family}`", "", table, ""]
     if not lines:
