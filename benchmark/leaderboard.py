@@ -101,10 +101,20 @@ def sweep_root(sweep_dir: str | Path) -> Path:
     return root
 
 
+def split_variants(record: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
+    """A completed record with ``variants`` as ``{variant: record}`` (that variant's ``test_sets`` and
+    ``calibration``, ``method`` renamed ``<method>[<variant>]``, the rest shared); ``{None: record}`` otherwise."""
+    variants = record.get("variants") if record.get("status") == "completed" else None
+    if not isinstance(variants, dict) or not variants:
+        return {None: record}
+    return {name: {**record, "method": variant_method(str(record.get("method")), name), "variant": name,
+                   "test_sets": entry.get("test_sets") or {}, "calibration": entry.get("calibration")}
+            for name, entry in variants.items() if isinstance(entry, dict)}
+
+
 def expand_variants(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per score variant: a completed run with ``variants`` becomes ``<method>[<variant>]`` records
-    (that variant's ``test_sets`` and ``calibration``, the rest shared); a failed run of a method whose other runs
-    have variants is repeated under each of those names, so every variant's row counts the failure."""
+    """One record per score variant (:func:`split_variants`); a failed run of a method whose other runs have
+    variants is repeated under each of those names, so every variant's row counts the failure."""
     known: dict[tuple[str, str], list[str]] = {}
     for run in runs:
         if run.get("status") == "completed" and isinstance(run.get("variants"), dict):
@@ -112,16 +122,11 @@ def expand_variants(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             names += [name for name in run["variants"] if name not in names]
     expanded = []
     for run in runs:
-        variants = run.get("variants") if run.get("status") == "completed" else None
-        if isinstance(variants, dict) and variants:
-            expanded += [{**run, "method": variant_method(str(run["method"]), name), "variant": name,
-                          "test_sets": entry.get("test_sets") or {}, "calibration": entry.get("calibration")}
-                         for name, entry in variants.items()]
-        elif run.get("status") != "completed" and (names := known.get((str(run["dataset"]), str(run["method"])))):
+        if run.get("status") != "completed" and (names := known.get((str(run["dataset"]), str(run["method"])))):
             expanded += [{**run, "method": variant_method(str(run["method"]), name), "variant": name}
                          for name in names]
         else:
-            expanded.append(run)
+            expanded += split_variants(run).values()
     return expanded
 
 

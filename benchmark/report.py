@@ -30,7 +30,7 @@ import pandas as pd
 
 from benchmark.families import MEAN, family_averages, family_of, family_table
 from benchmark.io import atomic_write_text, read_json
-from benchmark.leaderboard import group_primary, primary_metrics, read_leaderboard
+from benchmark.leaderboard import group_primary, primary_metrics, read_leaderboard, split_variants
 from benchmark.markdown import markdown_table
 from benchmark.naming import qualitative_name, variant_method
 
@@ -142,13 +142,10 @@ def _unique(values: Iterable[str]) -> list[str]:
 
 def _variant_runs(run: Run) -> list[Run]:
     """A completed run of a method with score variants as one ``Run`` per variant (its own metrics)."""
-    variants = (run.metrics or {}).get("variants") if run.status == "completed" else None
-    if not isinstance(variants, dict) or not variants:
+    if run.status != "completed":
         return [run]
-    return [Run(run.dataset, variant_method(run.method, name), run.seed, run.path,
-                {**run.metrics, "test_sets": entry.get("test_sets") or {}, "calibration": entry.get("calibration")},
-                name)
-            for name, entry in variants.items() if isinstance(entry, dict)]
+    return [Run(run.dataset, variant_method(run.method, name), run.seed, run.path, metrics, name)
+            for name, metrics in split_variants(run.metrics).items()]
 
 
 def find_runs(sweep_dir: Path) -> tuple[Run, ...]:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.base import DatasetSplits, SliceArrays
+from datamodules.base import HEALTHY_TEST_SET, DatasetSplits, SliceArrays
 from datamodules.errors import DataError
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
     "to_unit_images",
 ]
 
-HEALTHY = "healthy"
+HEALTHY = HEALTHY_TEST_SET  # the reference of the evaluator's sample.vs_healthy
 ANOMALOUS = "anomalous"
 # Independent random streams per purpose, so changing one setting does not reshuffle unrelated splits.
 STREAMS = {"test": 0, "subsample": 1, "val": 2, "test_cap": 3}

@@ -164,7 +164,7 @@ class VariationalAutoEncoder(AnomalyModule):
     def input_gradients(self, image: Tensor) -> dict[str, Tensor]:
         """The terms of :meth:`terms` (z = mu) and the raw input gradients ``d kl / d x``, ``d rec / d x``
         [B,C,H,W] of the per-sample terms."""
-        x = image.detach().clone().to(self.smoothing_kernel.dtype).requires_grad_(True)
+        x = image.detach().clone().to(next(self.parameters()).dtype).requires_grad_(True)
         reconstruction, kl, rec, excess = self.terms(x, sample=False)
         grad_kl, = torch.autograd.grad(kl.sum(), x, retain_graph=True)
         grad_rec, = torch.autograd.grad(rec.sum(), x)
