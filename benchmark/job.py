@@ -5,6 +5,9 @@ Run folder: ``config.yaml`` (resolved), ``checkpoints/`` (``last.ckpt`` + best o
 PR curves per test set) and ``metrics.json`` (written last and atomically, so its presence means the job
 finished). A method with score variants (``AnomalyModule.score_variants``) gets ``variants`` in both files, one
 entry per scoring rule; the top-level ``test_sets`` / ``calibration`` / ``pixel`` are its primary (first) variant.
+A method that generates images (``GenerativeModel``) also gets ``figures/samples.png``,
+``figures/samples_training.gif`` and ``generative`` (best-SSIM sample quality, one per run whatever the score
+variants) in ``metrics.json`` (``benchmark/generative.py``).
 Evaluation: ``trainer.validate`` calibrates thresholds on healthy validation data with the weights
 under test, then ``trainer.test`` scores every test set (see ``benchmark/metrics``).
 """
@@ -33,10 +36,11 @@ from benchmark.callbacks import (
     flatten_scalars,
 )
 from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
+from benchmark.generative import GenerativeQualityCallback
 from benchmark.io import write_json, write_yaml
 from benchmark.metrics import EvaluationSettings
 from datamodules.base import AnomalyDataModule
-from lightning_modules.base import AnomalyModule
+from lightning_modules.base import AnomalyModule, GenerativeModel
 
 METRICS_SCHEMA = "normbench.metrics/2"
 MONITOR = "val/loss"
@@ -57,14 +61,13 @@ class Job:
 
 
 def job_key(job: Job) -> str:
-    """Hash of everything that determines a job's result."""
-    payload = json.dumps(job_spec(job, include_key=False), sort_keys=True, default=str)
+    """Hash of everything that determines a job's result (the resolved configuration)."""
+    payload = json.dumps(_resolved_spec(job), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def job_spec(job: Job, include_key: bool = True) -> dict[str, Any]:
-    """A JSON-able description of a job, from which :func:`job_from_spec` rebuilds it (saved as ``job.json``)."""
-    spec = {
+def _resolved_spec(job: Job) -> dict[str, Any]:
+    return {
         "method": {"name": job.method.name, **job.method.resolved()},
         "dataset": {"name": job.dataset.name, **job.dataset.resolved()},
         "profile": {"name": job.profile.name, "trainer": job.profile.trainer,
@@ -73,8 +76,17 @@ def job_spec(job: Job, include_key: bool = True) -> dict[str, Any]:
         "evaluation": {"name": job.evaluation.name, **job.evaluation.to_mapping()},
         "seed": job.seed,
     }
-    if include_key:
-        spec["key"] = job_key(job)
+
+
+def job_spec(job: Job) -> dict[str, Any]:
+    """A JSON-able description of a job, from which :func:`job_from_spec` rebuilds it (saved as ``job.json``): the
+    resolved configuration (every default filled in), the arguments as configured (``configured_args``: the
+    rebuilt job must link the image size and channels from the dataset exactly like the original, so defaults
+    must not be frozen into arguments) and the key."""
+    spec = _resolved_spec(job)
+    spec["method"]["configured_args"] = dict(job.method.init_args)
+    spec["dataset"]["configured_args"] = dict(job.dataset.init_args)
+    spec["key"] = job_key(job)
     return spec
 
 
@@ -82,15 +94,20 @@ def job_from_spec(spec: dict[str, Any], source: str = "job.json") -> Job:
     """Rebuild a :class:`Job` from :func:`job_spec` output (checked like a config file)."""
     method, dataset = dict(spec["method"]), dict(spec["dataset"])
     profile, evaluation = dict(spec["profile"]), dict(spec["evaluation"])
-    method_config = ComponentConfig(method["name"], method["class_path"], method["init_args"], source)
-    dataset_config = ComponentConfig(dataset["name"], dataset["class_path"], dataset["init_args"], source)
+    method_config = ComponentConfig(method["name"], method["class_path"],
+                                    method.get("configured_args", method["init_args"]), source)
+    dataset_config = ComponentConfig(dataset["name"], dataset["class_path"],
+                                     dataset.get("configured_args", dataset["init_args"]), source)
     method_config.validate()
     dataset_config.validate()
     trainer = TrainerProfile(profile["name"], profile["trainer"], profile["early_stopping_patience"],
                              profile["image_grid_every_n_epochs"], source)
     name = evaluation.pop("name")
-    return Job(method_config, dataset_config, trainer, int(spec["seed"]),
-               EvaluationSettings.from_mapping(evaluation, name))
+    rebuilt = Job(method_config, dataset_config, trainer, int(spec["seed"]),
+                  EvaluationSettings.from_mapping(evaluation, name))
+    if "key" in spec and job_key(rebuilt) != spec["key"]:
+        raise ConfigError(f"{source}: the rebuilt job's key {job_key(rebuilt)} differs from the recorded {spec['key']}")
+    return rebuilt
 
 
 def software_versions() -> dict[str, str]:
@@ -113,6 +130,9 @@ def _build_trainer(
     evaluation = EvaluationCallback(job.method.name, job.evaluation)
     callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs),
                                     FiniteLossGuard(), RandomStateCheckpoint(), LearningRateMonitor()]
+    if isinstance(model, GenerativeModel):  # sample grids over training, best-SSIM quality at test time
+        callbacks.append(GenerativeQualityCallback(job.method.name, job.profile.image_grid_every_n_epochs,
+                                                   job.evaluation.generative_samples))
     monitored = _has_validation_loss(model)
     if monitored:  # first: trainer.checkpoint_callback, whose best model is tested
         callbacks.append(ModelCheckpoint(
@@ -126,13 +146,21 @@ def _build_trainer(
                                      enable_version_counter=False))
     if monitored and job.profile.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=MONITOR, patience=job.profile.early_stopping_patience, mode="min"))
-    options = {**model.trainer_defaults, **job.profile.trainer}
+    options = {**model.trainer_defaults, **job.profile.trainer, **model.trainer_overrides}
+    if model.partial_updates and options.get("strategy") == "ddp":
+        options["strategy"] = "ddp_find_unused_parameters_true"  # e.g. a GAN's critic step leaves G without gradient
     if model.needs_input_gradients:
         options["inference_mode"] = False  # gradient maps need autograd in validation / test
     options.setdefault("enable_progress_bar", progress)
     options.setdefault("enable_model_summary", False)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     return pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options), evaluation
+
+
+def _generative_result(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The generative-quality summary of a generative method's test (``None`` for other methods, other ranks)."""
+    found = [callback for callback in trainer.callbacks if isinstance(callback, GenerativeQualityCallback)]
+    return found[0].result if found else None
 
 
 def _log_hparams(trainer: pl.Trainer, job: Job, metrics: dict[str, Any]) -> None:
@@ -248,6 +276,9 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
                                          "calibration": evaluation.calibration.get(variant)}
                                for variant in evaluation.results}
         curves["variants"] = evaluation.curves
+    generative = _generative_result(trainer)
+    if generative is not None:  # per run, whatever the score variants
+        metrics["generative"] = generative
     if trainer.is_global_zero:
         _log_hparams(trainer, job, metrics)
         write_json(run_dir / "curves.json", curves)

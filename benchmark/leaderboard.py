@@ -18,6 +18,10 @@ the same time never leave a torn file. Columns, in this order:
   over fewer seeds than ``n_seeds`` says.
 * ``wall_time_s, train_time_s, test_time_s, n_parameters, train_images_per_s, inference_images_per_s``: means
   over the completed seeds (over the failed ones when none completed), of the values present.
+* ``generative/ssim_max, generative/ssim_mean, generative/ssim_min``: a generative method's sample quality
+  (``metrics.json``'s ``generative``: the max / mean / min over its samples of each sample's best SSIM against the
+  held-out healthy images, see ``benchmark/metrics/generative.py``), per run, so the same on every test set row and
+  every score variant of the run; means over the completed seeds that report them, NaN for other methods.
 * ``precision, devices, evaluation (profile name), postprocessing, version/torch, version/pytorch-lightning,
   version/normbench, schema``: as recorded by the runs (distinct values joined with ``;`` if seeds disagree).
 """
@@ -47,6 +51,7 @@ SKIPPED_KEYS = frozenset({"notes", "score_distribution"})
 ID_COLUMNS = ("method", "dataset", "test_set", "rank", "n_seeds", "seeds", "status", "failures")
 RUN_COLUMNS = ("wall_time_s", "train_time_s", "test_time_s", "n_parameters", "train_images_per_s",
                "inference_images_per_s")
+GENERATIVE_COLUMNS = ("generative/ssim_max", "generative/ssim_mean", "generative/ssim_min")  # metrics["generative"]
 INFO_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("precision", ("run", "precision")),
     ("devices", ("run", "devices")),
@@ -239,13 +244,20 @@ def _lookup(run: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value.get("name") if isinstance(value, dict) else value  # postprocessing: {name, ...}
 
 
+def _mean_present(runs: list[dict[str, Any]], path: tuple[str, ...]) -> float:
+    """Mean of the finite numbers at ``path`` over the runs that have one (NaN when none has)."""
+    values = [_number(_lookup(run, path)) for run in runs]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def _run_columns(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Run bookkeeping: numbers averaged over the runs that report them, strings as their distinct values."""
     row: dict[str, Any] = {}
     for column in RUN_COLUMNS:
-        values = [_number(_lookup(run, ("run", column))) for run in runs]
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        row[column] = float(np.mean(finite)) if finite else math.nan
+        row[column] = _mean_present(runs, ("run", column))
+    for column in GENERATIVE_COLUMNS:
+        row[column] = _mean_present(runs, tuple(column.split("/")))
     for column, path in INFO_COLUMNS:
         values = [_lookup(run, path) for run in runs]
         row[column] = ";".join(dict.fromkeys(str(v) for v in values if v is not None)) or None
@@ -295,7 +307,7 @@ def _ranks(frame: pd.DataFrame, primary: str | None) -> pd.Series:
 def columns(names: list[str]) -> list[str]:
     """The leaderboard's column order for these metric names."""
     stats = [f"{name}:{stat}" for name in names for stat in ("mean", "std")]
-    return [*ID_COLUMNS, *stats, *RUN_COLUMNS, *(column for column, _ in INFO_COLUMNS)]
+    return [*ID_COLUMNS, *stats, *RUN_COLUMNS, *GENERATIVE_COLUMNS, *(column for column, _ in INFO_COLUMNS)]
 
 
 def build_leaderboard(sweep_dir: str | Path, primary: str = "pixel/auprc") -> pd.DataFrame:

@@ -11,3 +11,14 @@ def variant_method(method: str, variant: str | None) -> str:
 def qualitative_name(test_set: str, variant: str | None = None) -> str:
     """File name of a saved test grid: ``qualitative_<test set>.png`` or ``qualitative_<test set>[<variant>].png``."""
     return f"qualitative_{test_set}.png" if variant is None else f"qualitative_{test_set}[{variant}].png"
+
+
+# generative methods (``benchmark/generative.py`` writes them under a run's ``figures/``, the report reads them)
+SAMPLES_PNG = "samples.png"  # a grid of the samples scored at test time
+SAMPLES_GIF = "samples_training.gif"  # the fixed-noise grid over training
+SAMPLE_FRAMES = "sample_frames"  # folder of the fixed-noise frames, ``step_<global step>.png``
+
+
+def sample_frame_name(step: int) -> str:
+    """File name of the fixed-noise sample grid at a global step."""
+    return f"step_{step}.png"

@@ -3,9 +3,10 @@
 ``write_report(S)`` reads ``S/leaderboard.csv`` and the run folders ``S/runs/<dataset>/<method>/seed_<n>/``
 (``metrics.json``, ``curves.json``, ``figures/qualitative_<test set>.png``) and writes ``S/report.md`` with its
 figures in ``S/figures/``. Per dataset: the headline table (mean ± std over seeds), the failures, one bar chart per
-metric, ROC / PR curves and slice-score histograms (each method's lowest completed seed with a ``curves.json``) and
-the qualitative grids. Images are referenced by paths relative to ``S``. The text is a function of the folder: its
-only date is the modification time of the newest ``metrics.json``.
+metric, ROC / PR curves and slice-score histograms (each method's lowest completed seed with a ``curves.json``),
+the qualitative grids and, for methods that generate images, the generative quality (``report_generative.py``).
+Images are referenced by paths relative to ``S``. The text is a function of the folder: its only date is the
+modification time of the newest ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ import pandas as pd
 
 from benchmark.families import MEAN, family_averages, family_of, family_table
 from benchmark.io import atomic_write_text, read_json
-from benchmark.leaderboard import group_primary, primary_metrics, read_leaderboard, split_variants
+from benchmark.leaderboard import (
+    GENERATIVE_COLUMNS,
+    group_primary,
+    primary_metrics,
+    read_leaderboard,
+    split_variants,
+)
 from benchmark.markdown import markdown_table
 from benchmark.naming import qualitative_name, variant_method
 
@@ -47,7 +54,7 @@ DEFAULT_METRICS = ("pixel/auprc", "pixel/auroc", "pixel/best_dice[oracle_test]",
 FIXED_COLUMNS = frozenset({
     "method", "dataset", "test_set", "n_seeds", "seeds", "status", "failures", "rank", "wall_time_s",
     "train_time_s", "test_time_s", "n_parameters", "train_images_per_s", "inference_images_per_s", "precision",
-    "devices", "evaluation", "postprocessing", "schema",
+    "devices", "evaluation", "postprocessing", "schema", *GENERATIVE_COLUMNS,
 })
 FAILED_TEST_SET = "-"  # test_set of the leaderboard row of a method x dataset without any completed run
 FIGURES = "figures"
@@ -234,7 +241,7 @@ def _versions(sweep: Sweep) -> str:
     return ", ".join(items) or NA
 
 
-def _header(sweep: Sweep, primary: str) -> list[str]:
+def _header(sweep: Sweep, primary: str, guide: str = READING_GUIDE) -> list[str]:
     counts = {status: sum(run.status == status for run in sweep.runs) for status in ("completed", "failed")}
     unfinished = len(sweep.runs) - sum(counts.values())
     runs = f"{counts['completed']} completed, {counts['failed']} failed"
@@ -255,7 +262,7 @@ def _header(sweep: Sweep, primary: str) -> list[str]:
         "for the test set)",
         "- **Leaderboard**: [leaderboard.csv](leaderboard.csv)",
         "",
-        READING_GUIDE,
+        guide,
     ]
 
 
@@ -652,16 +659,19 @@ def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: S
     Needs ``<sweep_dir>/leaderboard.csv``; run folders, curves and qualitative grids are used where present.
     ``primary`` orders the table rows (higher is better); ``metrics`` chooses the bar charts (``DEFAULT_METRICS``).
     """
+    from benchmark.report_generative import GENERATIVE_GUIDE, generative_section, has_generative  # uses this module
+
     sweep = load_sweep(sweep_dir)
     colors = _colors(sorted({method for dataset in sweep.datasets() for method in sweep.methods(dataset)}))
-    lines = _header(sweep, primary) + _families_section(sweep, primary)
+    guide = f"{READING_GUIDE}\n{GENERATIVE_GUIDE}" if has_generative(sweep) else READING_GUIDE
+    lines = _header(sweep, primary, guide) + _families_section(sweep, primary)
     for dataset in sweep.datasets():
         chosen = curve_runs(sweep, dataset)
         lines += [f"## Dataset `{dataset}`", ""]
         lines += _table_section(sweep, dataset, primary) + _failures_section(sweep, dataset)
         lines += _bars_section(sweep, dataset, metrics or DEFAULT_METRICS, colors)
         lines += _curves_section(sweep, dataset, chosen, colors) + _scores_section(sweep, dataset, chosen)
-        lines += _qualitative_section(sweep, dataset)
+        lines += _qualitative_section(sweep, dataset) + generative_section(sweep, dataset)
     path = sweep.root / "report.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path

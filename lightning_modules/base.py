@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
@@ -57,6 +57,22 @@ class AnomalyOutput:
         return AnomalyOutput(self.anomaly_map.detach(), self.anomaly_score.detach(), rec, variants)
 
 
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """A method that can sample images (a GAN's generator, later a diffusion model's sampler).
+
+    The harness measures its generative quality (best SSIM of samples against held-out healthy images) and logs
+    a fixed-noise sample grid over training. ``generate`` maps noise from ``sample_noise`` to images in [0, 1] with
+    the dataset's shape; it is called under ``torch.no_grad`` with the module in eval mode.
+    """
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws of the model's input noise (on CPU; ``generate`` moves it to the model's device)."""
+
+    def generate(self, noise: Tensor) -> Tensor:
+        """Images [n,C,H,W] in [0, 1] for noise drawn by :meth:`sample_noise`."""
+
+
 class AnomalyModule(pl.LightningModule):
     """Base class of all methods.
 
@@ -66,6 +82,11 @@ class AnomalyModule(pl.LightningModule):
             latent optimisation); the runner then builds the Trainer with ``inference_mode=False`` and the base
             class enables autograd in validation / test.
         trainer_defaults: Trainer arguments this method needs (merged under the user's trainer profile).
+        partial_updates: ``True`` when a training step updates only some of the networks (GANs, staged training), so
+            that DDP must look for parameters without gradient (the runner then uses
+            ``ddp_find_unused_parameters_true`` instead of ``ddp``).
+        trainer_overrides: Trainer arguments the method must control itself, applied over the profile (a method with
+            a schedule of training stages in steps sets ``max_epochs: -1`` and stops ``fit`` when it is done).
 
     A method with several scoring rules overrides :attr:`score_variants` (names known before any batch, so that
     every device builds the same metric states) and returns them in :attr:`AnomalyOutput.variants`.
@@ -74,6 +95,8 @@ class AnomalyModule(pl.LightningModule):
     requires_training: ClassVar[bool] = True
     needs_input_gradients: ClassVar[bool] = False
     trainer_defaults: ClassVar[dict[str, Any]] = {}
+    trainer_overrides: ClassVar[dict[str, Any]] = {}
+    partial_updates: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

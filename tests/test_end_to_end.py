@@ -145,7 +145,9 @@ def test_input_gradient_methods_get_autograd_at_test_time(configs):
 def test_list_command(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "methods: ae, intensity, random" in out and "synthetic_brain" in out
+    methods = next(line for line in out.splitlines() if line.startswith("methods: ")).removeprefix("methods: ")
+    assert {"ae", "intensity", "random", "vae", "fanogan", "dcgan"} <= set(methods.split(", "))
+    assert "synthetic_brain" in out
 
 
 def test_overwrite_starts_the_job_from_scratch(configs, capsys):

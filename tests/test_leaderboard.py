@@ -406,3 +406,35 @@ def test_primary_fallbacks_rank_each_test_set_by_its_first_defined_metric(refere
         "pixel/auprc"
     with pytest.raises(ValueError, match="not among the metrics"):
         build_leaderboard(sweep, "pixel/auprc,no/such")
+
+
+def _generative(ssim_max: float, ssim_mean: float, ssim_min: float) -> dict[str, Any]:
+    return {"ssim_max": ssim_max, "ssim_mean": ssim_mean, "ssim_min": ssim_min, "n_samples": 64,
+            "n_reference": 200, "reference": "test set 'healthy'", "protocol": {"window": "gaussian 11 x 11"}}
+
+
+def test_generative_columns_are_run_level_means_over_completed_seeds(tmp_path: Path) -> None:
+    sweep = tmp_path / "gan"
+    for seed, values in enumerate([(0.70, 0.50, 0.30), (0.80, 0.60, 0.20)]):
+        run = completed("gan", seed, 0.3 + 0.1 * seed)
+        run["generative"] = _generative(*values)
+        run["primary_variant"] = "izif"  # a method with score variants: one result per run, on every variant
+        run["variants"] = {name: {"test_sets": run["test_sets"], "calibration": run["calibration"]}
+                           for name in ("izif", "ziz")}
+        write_run(sweep, "gan", seed, run)
+    write_run(sweep, "gan", 2, failed("gan", 2, "NonFiniteLossError", "critic loss is NaN"))
+    write_run(sweep, "ae", 0, completed("ae", 0, 0.5))
+    board = build_leaderboard(sweep)
+    expected = {"generative/ssim_max": 0.75, "generative/ssim_mean": 0.55, "generative/ssim_min": 0.25}
+    for method in ("gan[izif]", "gan[ziz]"):
+        for test_set in ("healthy", "tumor"):
+            got = row(board, method, test_set)
+            for column, value in expected.items():
+                assert got[column] == pytest.approx(value, abs=1e-12), (method, test_set, column)
+    ae = row(board, "ae", "tumor")
+    assert all(math.isnan(ae[column]) for column in expected)
+    header = list(board.columns)
+    assert header.index("inference_images_per_s") + 1 == header.index("generative/ssim_max")
+    on_disk = read_leaderboard(write_leaderboard(sweep))
+    assert row(on_disk, "gan[izif]", "tumor")["generative/ssim_min"] == pytest.approx(0.25)
+    assert math.isnan(row(on_disk, "ae", "tumor")["generative/ssim_min"])

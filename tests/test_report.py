@@ -197,3 +197,77 @@ def test_format_and_markdown_table():
     assert format_mean_std(0.5, float("nan")) == "0.500" and format_mean_std(float("nan"), 0.1) == "n/a"
     table = markdown_table(["a", "value"], [["x|y", "1.0"]], "lr").splitlines()
     assert table == ["| a    | value |", "| ---- | ----: |", "| x\\|y |   1.0 |"]
+
+
+# ---- generative quality ---------------------------------------------------------------------------------------------
+GAN_SSIM = {("gan", 0): (0.80, 0.60, 0.40), ("gan", 1): (0.70, 0.50, 0.20), ("dcgan", 0): (0.65, 0.55, 0.45)}
+
+
+def _write_generative_run(root: Path, method: str, seed: int, rng: np.random.Generator) -> Path:
+    """A completed generative run (gan: two score variants) with its samples, GIF and, for gan seed 0, losses in
+    two TensorBoard event files (a resumed run: steps 6..9 logged twice, the later file's values count)."""
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = root / "runs" / DATASET / method / f"seed_{seed}"
+    run.mkdir(parents=True)
+    metrics = _metrics_json(method, seed, _scores(rng))
+    ssim_max, ssim_mean, ssim_min = GAN_SSIM[method, seed]
+    metrics["generative"] = {"ssim_max": ssim_max, "ssim_mean": ssim_mean, "ssim_min": ssim_min, "n_samples": 64,
+                             "n_reference": 120, "reference": "test set 'healthy'"}
+    if method == "gan":
+        metrics["variants"] = {name: {"test_sets": metrics["test_sets"]} for name in ("izif", "ziz")}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "figures").mkdir()
+    plt.imsave(run / "figures" / "samples.png", rng.uniform(0, 1, (17, 17)), cmap="gray")
+    frames = [Image.fromarray(np.full((8, 8), value, np.uint8)) for value in (0, 255)]
+    frames[0].save(run / "figures" / "samples_training.gif", save_all=True, append_images=frames[1:])
+    if (method, seed) == ("gan", 0):
+        for start, offset in ((0, 0.0), (6, 100.0)):
+            writer = SummaryWriter(str(run / "tensorboard"), filename_suffix=f".part{start}")
+            for step in range(start, start + 10):
+                writer.add_scalar("train/generator_loss", offset + step, step)
+                writer.add_scalar("train/discriminator_loss", offset - step, step)
+            writer.close()
+    return run
+
+
+def test_report_without_generative_methods_has_no_generative_section(sweep):
+    text = write_report(sweep["root"]).read_text()
+    assert "Generative quality" not in text and "gan_losses" not in text and "SSIM" not in text
+
+
+def test_generative_section_table_samples_and_losses(sweep):
+    from benchmark.report_generative import loss_curves
+
+    rng = np.random.default_rng(1)
+    runs = {key: _write_generative_run(sweep["root"], *key, rng) for key in GAN_SSIM}
+    report = write_report(sweep["root"])
+    text = report.read_text()
+    assert "**Generative quality** (methods that generate images" in text  # the reading guide
+    section = text.split("### Generative quality")[1]
+    assert text.count("### Generative quality") == 1
+    table = section.split("Samples of the lowest seed")[0]
+    for method, seeds in (("gan", (0, 1)), ("dcgan", (0,))):
+        row = _table_row(table, method, ", ".join(map(str, seeds)))  # one row per method, variants merged
+        for index in range(3):
+            values = np.array([GAN_SSIM[method, seed][index] for seed in seeds])
+            expected = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+            assert expected in row
+        assert "64 x 120" in row and "test set 'healthy'" in row
+    assert "gan[izif]" not in section
+    images = _images(report)
+    assert runs["gan", 0] / "figures" / "samples.png" in images  # the lowest seed's samples
+    assert runs["dcgan", 0] / "figures" / "samples.png" in images
+    assert "runs/synth/gan/seed_0/figures/samples_training.gif" in section
+    losses = sweep["root"] / "figures" / "gan_losses_synth.png"
+    assert losses in images and mpimg.imread(losses).ndim == 3
+    assert "No generator / discriminator losses in the TensorBoard logs of `dcgan`." in section
+
+    curves = loss_curves(runs["gan", 0] / "tensorboard")
+    steps, values = curves["generator"]
+    assert steps.tolist() == list(range(16))
+    assert values.tolist() == [*range(6), *(100.0 + step for step in range(6, 16))]
+    assert curves["discriminator / critic"][1][0] == 0.0 and curves["discriminator / critic"][1][-1] == 85.0
+    assert loss_curves(runs["dcgan", 0] / "tensorboard") == {}
+    assert write_report(sweep["root"]).read_text() == text  # deterministic

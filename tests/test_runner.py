@@ -207,3 +207,26 @@ def test_smoke_sweep_end_to_end(tmp_path, monkeypatch):
     assert "## Dataset `synthetic_brain`" in report and "figures/" in report
     for method in ("random", "intensity", "ae"):
         assert list((folder / "runs" / "synthetic_brain" / method / "seed_0" / "tensorboard").glob("events.*"))
+
+
+def test_rebuilt_job_links_the_image_size_from_the_dataset_again(setup):
+    """A job rebuilt from job.json (DDP and submitit children) must not freeze the method's default image size:
+    the tiny dataset is 32 px while the methods' defaults say 64."""
+    from benchmark.job import job_from_spec, job_key, job_spec
+
+    job = next(j for j in load_sweep(_sweep(setup, "spec", ["ae", "fanogan"])).jobs if j.method.name == "fanogan")
+    rebuilt = job_from_spec(json.loads(json.dumps(job_spec(job))))
+    assert "image_size" not in rebuilt.method.init_args and rebuilt.method.init_args == job.method.init_args
+    assert job_key(rebuilt) == job_key(job)
+    model = rebuilt.method.instantiate(image_size=32, in_channels=1)
+    assert model.hparams.image_size == 32
+
+
+def test_gans_get_ddp_with_unused_parameter_detection(setup, tmp_path):
+    from benchmark.job import _build_trainer
+
+    job = load_sweep(_sweep(setup, "ddp_gan", ["dcgan"])).jobs[0]
+    job.profile.trainer.update(devices=2, strategy="ddp")
+    trainer, _ = _build_trainer(job, job.method.instantiate(image_size=32, in_channels=1), tmp_path, False)
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True
+    assert trainer.max_epochs == -1  # the GAN's stage schedule decides when fit ends

@@ -14,7 +14,9 @@ EVALUATION_KEYS = {
     "lesion_size_edges": "slice lesion-area bin edges in pixels (null: 25th / 75th percentiles of each test set)",
     "sub_bins_per_octave": "histogram resolution (power of two; relative bin width = 1 / value)",
     "curve_points": "maximum points stored per ROC / PR curve in curves.json",
+    "generative_samples": "samples drawn by a generative method (GAN) for its best-SSIM generative quality",
 }
+GENERATIVE_SAMPLES = 64
 
 
 def threshold_name(fpr: float) -> str:
@@ -31,6 +33,7 @@ class EvaluationSettings:
     lesion_size_edges: tuple[float, ...] | None = None
     bins: ScoreBins = field(default_factory=ScoreBins)
     curve_points: int = 1000
+    generative_samples: int = GENERATIVE_SAMPLES
     name: str = "default"
 
     def __post_init__(self) -> None:
@@ -41,6 +44,8 @@ class EvaluationSettings:
             raise ValueError(f"lesion_size_edges must be increasing positive pixel counts, got {list(edges)}")
         if self.curve_points < 2:
             raise ValueError(f"curve_points must be >= 2, got {self.curve_points}")
+        if self.generative_samples < 1:
+            raise ValueError(f"generative_samples must be > 0, got {self.generative_samples}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], name: str = "custom") -> EvaluationSettings:
@@ -55,18 +60,25 @@ class EvaluationSettings:
             lesion_size_edges=None if edges is None else tuple(float(e) for e in edges),
             bins=ScoreBins(int(data.get("sub_bins_per_octave", ScoreBins.sub_bins_per_octave))),
             curve_points=int(data.get("curve_points", 1000)),
+            generative_samples=int(data.get("generative_samples", GENERATIVE_SAMPLES)),
             name=name,
         )
 
     def to_mapping(self) -> dict[str, Any]:
-        """The configuration mapping that :meth:`from_mapping` turns back into these settings."""
-        return {
+        """The configuration mapping that :meth:`from_mapping` turns back into these settings.
+
+        ``generative_samples`` only when it is not the default: the mapping is part of every job's key, and a key
+        added with its default value would make every finished run look changed (and rerun)."""
+        mapping = {
             "fpr_targets": list(self.fpr_targets),
             "postprocessing": self.postprocessing.describe(),
             "lesion_size_edges": None if self.lesion_size_edges is None else list(self.lesion_size_edges),
             "sub_bins_per_octave": self.bins.sub_bins_per_octave,
             "curve_points": self.curve_points,
         }
+        if self.generative_samples != GENERATIVE_SAMPLES:
+            mapping["generative_samples"] = self.generative_samples
+        return mapping
 
     @property
     def threshold_names(self) -> list[str]:
@@ -80,4 +92,5 @@ class EvaluationSettings:
             "lesion_size_edges": "test-set quartiles (25th, 75th percentiles)" if self.lesion_size_edges is None
             else list(self.lesion_size_edges),
             "histogram": self.bins.describe(),
+            "generative_samples": self.generative_samples,
         }
