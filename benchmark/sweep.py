@@ -9,6 +9,7 @@
     evaluation: default                # configs/evaluation/
     primary_metric: pixel/auprc        # leaderboard rank
     overrides: ["trainer.max_epochs=5"]
+    exclude: [{method: ascnet, dataset: digits}]   # pairs left out (a method that needs an unlabelled pool)
     backend: {kind: local}             # or kind: submitit (see benchmark/runner.py)
 
 Grid entries run one config under several argument values. An entry of ``methods`` or ``datasets`` is either a
@@ -89,6 +90,7 @@ SWEEP_KEYS = {
     "evaluation": "evaluation protocol (configs/evaluation)",
     "primary_metric": "leaderboard rank metric, e.g. pixel/auprc",
     "overrides": "list of key=value overrides applied to this sweep",
+    "exclude": "method x dataset pairs left out of the grid: [{method: name, dataset: name}, ...]",
     "backend": "how jobs run: {kind: local} or {kind: submitit, ...}",
 }
 BACKEND_KEYS = {
@@ -189,9 +191,34 @@ def build_sweep(name: str, data: dict[str, Any], overrides: list[str], source: s
         raise ConfigError(f"{source}: evaluation: {error}") from error
     if backend["kind"] not in ("local", "submitit"):
         raise ConfigError(f"{source}: backend.kind must be local or submitit, got {backend['kind']!r}")
+    excluded = _exclusions(data.get("exclude") or [], methods, datasets, source)
     jobs = [Job(method, dataset, profile, seed, evaluation)
-            for dataset, _ in datasets for method, _ in methods for seed in seeds]
+            for dataset, dataset_names in datasets for method, method_names in methods
+            if not any(_matches(rule, method_names, dataset_names) for rule in excluded) for seed in seeds]
     return Sweep(name, jobs, str(data.get("primary_metric", "pixel/auprc")), backend, source)
+
+
+def _exclusions(rules: Any, methods: list[tuple[ComponentConfig, set[str]]],
+                datasets: list[tuple[ComponentConfig, set[str]]], source: str) -> list[dict[str, str]]:
+    """The checked ``exclude`` rules: mappings with ``method`` and / or ``dataset``, each a name (config or
+    variant) of this sweep, so that a typo is an error rather than a pair silently left in."""
+    if not isinstance(rules, list):
+        raise ConfigError(f"{source}: exclude must be a list of {{method: name, dataset: name}} mappings")
+    known = {"method": set().union(*(names for _, names in methods)),
+             "dataset": set().union(*(names for _, names in datasets))}
+    for rule in rules:
+        if not isinstance(rule, dict) or not rule or set(rule) - set(known):
+            raise ConfigError(f"{source}: exclude entry {rule!r}: expected a mapping with keys method and / or dataset")
+        for key, name in rule.items():
+            if name not in known[key]:
+                raise ConfigError(f"{source}: exclude entry {rule!r}: no {key} {name!r} in this sweep; "
+                                  f"{key}s: {', '.join(sorted(known[key]))}")
+    return rules
+
+
+def _matches(rule: dict[str, str], method_names: set[str], dataset_names: set[str]) -> bool:
+    return rule.get("method", next(iter(method_names))) in method_names and \
+        rule.get("dataset", next(iter(dataset_names))) in dataset_names
 
 
 # ---- grid entries ---------------------------------------------------------------------------------------------

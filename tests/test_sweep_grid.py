@@ -160,3 +160,19 @@ def test_command_line_entries_accept_the_mapping_syntax(tmp_path):
         "intensity", "intensity@polarity=hyper", "intensity@polarity=hypo"]
     assert {job.dataset.name: job.dataset.init_args["n_train"] for job in sweep.jobs} == {
         "synthetic_brain": 16, "synthetic_brain@seed=3": 16, "synthetic_brain@seed=4": 5}
+
+
+def test_exclude_leaves_pairs_out_and_names_typos():
+    sweep = _sweep(["ae", {"vae_mlp": {"lr": [0.001, 0.01]}}, "random"], ["synthetic_brain", "digits"],
+                   exclude=[{"method": "ae", "dataset": "digits"}, {"method": "vae_mlp@lr=0.01"},
+                            {"dataset": "synthetic_brain", "method": "random"}])
+    pairs = [(job.method.name, job.dataset.name) for job in sweep.jobs]
+    assert pairs == [("ae", "synthetic_brain"), ("vae_mlp@lr=0.001", "synthetic_brain"),
+                     ("vae_mlp@lr=0.001", "digits"), ("random", "digits")]
+    with pytest.raises(ConfigError, match="no method 'aee'"):
+        _sweep(["ae"], exclude=[{"method": "aee"}])
+    with pytest.raises(ConfigError, match="keys method and / or dataset"):
+        _sweep(["ae"], exclude=[{"methods": "ae"}])
+    assert [j.dataset.name for j in _sweep(["vae_mlp"], ["digits", "synthetic_brain"],
+                                           exclude=[{"method": "vae_mlp", "dataset": "digits"}]).jobs] == [
+        "synthetic_brain"]
