@@ -134,6 +134,7 @@ class AscNet(StagedModule):
             raise ValueError(f"stage2_dice must be 'faithful' or 'soft', got {stage2_dice!r}")
         self.generator = AscNetGenerator(image_size, in_channels, width, faithful_batchnorm)
         self.discriminator = AscNetDiscriminator(image_size, in_channels, width, faithful_batchnorm)
+        self._input_loader: Any = None
         self._inputs: Iterator[dict[str, Any]] | None = None
         self._passes = 0
 
@@ -151,14 +152,16 @@ class AscNet(StagedModule):
         return schedule
 
     def input_batch(self) -> Tensor:
-        """The next batch of the unlabelled pool (the original's input set), cycling with a new order per pass."""
-        loader = self.trainer.datamodule.unlabelled_dataloader()
+        """The next batch of the unlabelled pool (the original's input set), cycling with a new order per pass. Under
+        DDP every rank draws from the whole pool (in its own order)."""
+        if self._input_loader is None:
+            self._input_loader = self.trainer.datamodule.unlabelled_dataloader()
         while True:
             if self._inputs is None:
-                sampler = getattr(loader, "sampler", None)
+                sampler = getattr(self._input_loader, "sampler", None)
                 if hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(self._passes)
-                self._inputs, self._passes = iter(loader), self._passes + 1
+                self._inputs, self._passes = iter(self._input_loader), self._passes + 1
             try:
                 return next(self._inputs)["image"].to(self.device)
             except StopIteration:
