@@ -10,6 +10,13 @@ A method that generates images (``GenerativeModel``) also gets ``figures/samples
 variants) in ``metrics.json`` (``benchmark/generative.py``).
 Evaluation: ``trainer.validate`` calibrates thresholds on healthy validation data with the weights
 under test, then ``trainer.test`` scores every test set (see ``benchmark/metrics``).
+
+Reused weights: a job whose method names another method config in ``AnomalyModule.weights_from`` (AutoDDPM
+evaluates an AnoDDPM model) has an ``upstream`` job (same dataset, seed, trainer profile and protocol; linked by
+:func:`benchmark.sweep.build_sweep`). Its key includes the upstream's key, and its ``job.json`` the upstream's
+spec. :func:`run_job` loads the checkpoint that the finished upstream tested (``load_pretrained``) from the sibling
+folder ``<dataset>/<upstream method>/seed_<n>`` (:func:`upstream_run_dir`) and records it as ``run.weights_from``
+in ``metrics.json`` and ``weights_from`` in ``config.yaml``; the runner makes sure the upstream has run first.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from benchmark.callbacks import (
 )
 from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
 from benchmark.generative import GenerativeQualityCallback
-from benchmark.io import write_json, write_yaml
+from benchmark.io import read_json, write_json, write_yaml
 from benchmark.metrics import EvaluationSettings
 from datamodules.base import AnomalyDataModule
 from lightning_modules.base import AnomalyModule, GenerativeModel
@@ -55,9 +62,22 @@ class Job:
     profile: TrainerProfile
     seed: int = 0
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    upstream: Job | None = None  # the job whose trained weights this one evaluates (AnomalyModule.weights_from)
 
     def run_dir(self, results_dir: Path, sweep: str) -> Path:
         return Path(results_dir) / sweep / "runs" / self.dataset.name / self.method.name / f"seed_{self.seed}"
+
+
+def upstream_run_dir(run_dir: Path, job: Job) -> Path:
+    """The run folder of ``job.upstream``: the sibling ``<dataset>/<upstream method>/seed_<n>`` of ``run_dir``."""
+    if job.upstream is None:
+        raise ValueError(f"{job.method.name} / {job.dataset.name} / seed {job.seed} has no upstream job")
+    run_dir = Path(run_dir)
+    return run_dir.parent.parent / job.upstream.method.name / run_dir.name
+
+
+def describe_job(job: Job) -> str:
+    return f"{job.method.name} / {job.dataset.name} / seed {job.seed}"
 
 
 def job_key(job: Job) -> str:
@@ -67,7 +87,7 @@ def job_key(job: Job) -> str:
 
 
 def _resolved_spec(job: Job) -> dict[str, Any]:
-    return {
+    spec = {
         "method": {"name": job.method.name, **job.method.resolved()},
         "dataset": {"name": job.dataset.name, **job.dataset.resolved()},
         "profile": {"name": job.profile.name, "trainer": job.profile.trainer,
@@ -76,16 +96,22 @@ def _resolved_spec(job: Job) -> dict[str, Any]:
         "evaluation": {"name": job.evaluation.name, **job.evaluation.to_mapping()},
         "seed": job.seed,
     }
+    if job.upstream is not None:  # nothing added otherwise: the keys of existing runs must not change
+        spec["upstream"] = job_key(job.upstream)
+    return spec
 
 
 def job_spec(job: Job) -> dict[str, Any]:
     """A JSON-able description of a job, from which :func:`job_from_spec` rebuilds it (saved as ``job.json``): the
     resolved configuration (every default filled in), the arguments as configured (``configured_args``: the
     rebuilt job must link the image size and channels from the dataset exactly like the original, so defaults
-    must not be frozen into arguments) and the key."""
+    must not be frozen into arguments) and the key; a job with an upstream also the upstream's spec
+    (``upstream``, nested)."""
     spec = _resolved_spec(job)
     spec["method"]["configured_args"] = dict(job.method.init_args)
     spec["dataset"]["configured_args"] = dict(job.dataset.init_args)
+    if job.upstream is not None:
+        spec["upstream"] = job_spec(job.upstream)
     spec["key"] = job_key(job)
     return spec
 
@@ -103,8 +129,12 @@ def job_from_spec(spec: dict[str, Any], source: str = "job.json") -> Job:
     trainer = TrainerProfile(profile["name"], profile["trainer"], profile["early_stopping_patience"],
                              profile["image_grid_every_n_epochs"], source)
     name = evaluation.pop("name")
+    upstream = spec.get("upstream")
+    if upstream is not None and not isinstance(upstream, dict):
+        raise ConfigError(f"{source}: upstream must be the upstream job's spec (a mapping), got {upstream!r}")
     rebuilt = Job(method_config, dataset_config, trainer, int(spec["seed"]),
-                  EvaluationSettings.from_mapping(evaluation, name))
+                  EvaluationSettings.from_mapping(evaluation, name),
+                  upstream=None if upstream is None else job_from_spec(upstream, f"{source}: upstream"))
     if "key" in spec and job_key(rebuilt) != spec["key"]:
         raise ConfigError(f"{source}: the rebuilt job's key {job_key(rebuilt)} differs from the recorded {spec['key']}")
     return rebuilt
@@ -180,11 +210,48 @@ def _log_hparams(trainer: pl.Trainer, job: Job, metrics: dict[str, Any]) -> None
                                     for k, v in params.items()}, finals)
 
 
+def upstream_checkpoint(job: Job, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint that ``job.upstream`` tested, and the record of it (``run.weights_from`` in ``metrics.json``:
+    method, run folder relative to the sweep's ``runs`` folder, key, checkpoint file name).
+
+    The upstream's ``metrics.json`` must be completed with the upstream's current key; its
+    ``evaluation.checkpoint`` names a file in its ``checkpoints/`` (``"final weights"``: ``last.ckpt``)."""
+    upstream, run_dir = job.upstream, Path(run_dir)
+    if upstream is None:
+        raise ValueError(f"{describe_job(job)} has no upstream job")
+    folder = upstream_run_dir(run_dir, job)
+    what = f"the upstream job {describe_job(upstream)} ({folder}) whose weights {job.method.name} evaluates"
+    metrics = read_json(folder / "metrics.json")
+    key = job_key(upstream)
+    if metrics is None:
+        raise RuntimeError(f"{what} has not finished: no metrics.json; run it first (the sweep runner does)")
+    if metrics.get("status") != "completed":
+        raise RuntimeError(f"{what} did not complete (status {metrics.get('status')!r}); rerun it first")
+    if metrics.get("key") != key:
+        raise RuntimeError(f"{what} was run with another configuration (key {metrics.get('key')}, expected {key}); "
+                           "rerun it first (the sweep runner does)")
+    tested = (metrics.get("evaluation") or {}).get("checkpoint")
+    if not isinstance(tested, str) or not tested:
+        raise RuntimeError(f"{what}: its metrics.json names no tested checkpoint (evaluation.checkpoint)")
+    name = "last.ckpt" if tested == "final weights" else tested
+    path = folder / "checkpoints" / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what}: its tested checkpoint {path} is missing (deleted?); rerun the upstream job with --overwrite "
+            f"(e.g. list {upstream.method.name} in the sweep's methods and run the sweep with --overwrite, or delete "
+            f"{folder}), then rerun this job")
+    runs = run_dir.parents[2] if len(run_dir.parents) > 2 else None
+    where = folder.relative_to(runs).as_posix() if runs is not None and runs.name == "runs" else str(folder)
+    return path, {"method": upstream.method.name, "run_dir": where, "key": key, "checkpoint": name}
+
+
 def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train (resuming from ``checkpoints/last.ckpt`` when present), test, and write ``metrics.json``."""
+    """Train (resuming from ``checkpoints/last.ckpt`` when present), test, and write ``metrics.json``. A job with an
+    upstream first loads the weights its finished upstream tested (:func:`upstream_checkpoint`)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    pretrained, weights_from = upstream_checkpoint(job, run_dir) if job.upstream is not None else (None, None)
     pl.seed_everything(job.seed, workers=True)
 
     datamodule = job.dataset.instantiate(progress=progress)
@@ -199,14 +266,19 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     model = job.method.instantiate(**links)
     if not isinstance(model, AnomalyModule):
         raise ConfigError(f"{job.method.source}: {job.method.class_path} is not an AnomalyModule")
-    write_yaml(run_dir / "config.yaml", {
+    if pretrained is not None:
+        model.load_pretrained(str(pretrained))
+    config = {
         "method": {"name": job.method.name, **job.method.resolved(**links)},
         "dataset": {"name": job.dataset.name, **job.dataset.resolved()},
         "trainer_profile": {"name": job.profile.name, "trainer": job.profile.trainer,
                             "early_stopping_patience": job.profile.early_stopping_patience},
         "seed": job.seed,
         "evaluation": job.evaluation.describe(),
-    })
+    }
+    if weights_from is not None:
+        config["weights_from"] = weights_from
+    write_yaml(run_dir / "config.yaml", config)
     trainer, evaluation = _build_trainer(job, model, run_dir, progress)
 
     train_time, test_ckpt, trained_images = 0.0, None, 0
@@ -266,6 +338,7 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
             "devices": trainer.world_size,
             "precision": str(trainer.precision),
             "torch_threads": torch.get_num_threads(),
+            **({} if weights_from is None else {"weights_from": weights_from}),
         },
         "versions": software_versions(),
     }

@@ -565,6 +565,31 @@ def _table_section(sweep: Sweep, dataset: str, primary: str) -> list[str]:
     return ["### Leaderboard", "", table or "No completed run with lesion metrics.", ""]
 
 
+def _number(value: Any, digits: int) -> str:
+    return NA if value is None or pd.isna(value) else f"{float(value):,.{digits}f}"
+
+
+def _cost_section(sweep: Sweep, dataset: str) -> list[str]:
+    """Parameters, training time and throughput, and inference time per image of each method (means over seeds;
+    for diffusion methods the inference time is the sampling time of their reverse chains)."""
+    rows = sweep.rows(dataset)
+    if rows.empty:
+        return []
+    rows = rows.assign(method=rows["method"].str.replace(r"\[.*\]$", "", regex=True)).drop_duplicates("method")
+    table = []  # one row per trained model: the score variants of a method share its cost
+    for _, row in rows.sort_values("method").iterrows():
+        per_second = row.get("inference_images_per_s")
+        per_image = 1000.0 / per_second if per_second and not pd.isna(per_second) and per_second > 0 else None
+        table.append([row["method"], _number(row.get("n_parameters"), 0), _number(row.get("train_time_s"), 0),
+                      _number(row.get("train_images_per_s"), 1), _number(per_image, 1),
+                      str(row.get("precision", NA)), _number(row.get("devices"), 0)])
+    header = ["method", "parameters", "training (s)", "training images/s", "inference ms/image", "precision",
+              "devices"]
+    return ["### Cost", "", "Means over seeds. Inference: the test sets' images through `predict_anomaly` "
+            "(diffusion methods: their reverse chains), evaluation included.", "",
+            markdown_table(header, table, "lrrrrlr"), ""]
+
+
 def _failures_section(sweep: Sweep, dataset: str) -> list[str]:
     items = failures(sweep, dataset)
     return ["### Failures", "", *items, ""] if items else []
@@ -668,7 +693,8 @@ def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: S
     for dataset in sweep.datasets():
         chosen = curve_runs(sweep, dataset)
         lines += [f"## Dataset `{dataset}`", ""]
-        lines += _table_section(sweep, dataset, primary) + _failures_section(sweep, dataset)
+        lines += _table_section(sweep, dataset, primary) + _cost_section(sweep, dataset)
+        lines += _failures_section(sweep, dataset)
         lines += _bars_section(sweep, dataset, metrics or DEFAULT_METRICS, colors)
         lines += _curves_section(sweep, dataset, chosen, colors) + _scores_section(sweep, dataset, chosen)
         lines += _qualitative_section(sweep, dataset) + generative_section(sweep, dataset)

@@ -9,6 +9,12 @@ For each job (method x dataset x seed) the runner
   and goes on with the next job (a failed job is retried on the next run of the sweep);
 * rewrites ``leaderboard.csv`` after every job (atomically, under a file lock) and ``report.md`` at the end.
 
+A job that evaluates another job's weights (``Job.upstream``, see ``benchmark/sweep.py``) first makes sure its
+upstream is finished: a finished upstream is skipped (never retrained), an unfinished one runs first in its own
+folder ``runs/<dataset>/<upstream method>/seed_<n>`` (whether or not it is one of the sweep's jobs). When the
+upstream fails, the dependent job is recorded as failed (naming the upstream and why) and the sweep goes on. Within
+one run of the sweep a job is attempted at most once, even when it is also another job's upstream.
+
 Backends: ``local`` runs jobs one after another in this process, except jobs that span several devices, which
 run in a child process (Lightning's DDP launcher re-executes the command line, so they must own it). ``submitit``
 submits one job per run (a SLURM job array, or local subprocesses with ``cluster: local``).
@@ -31,7 +37,17 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.io import read_json, write_json
-from benchmark.job import METRICS_SCHEMA, Job, job_from_spec, job_key, job_spec, run_job, software_versions
+from benchmark.job import (
+    METRICS_SCHEMA,
+    Job,
+    describe_job,
+    job_from_spec,
+    job_key,
+    job_spec,
+    run_job,
+    software_versions,
+    upstream_run_dir,
+)
 from benchmark.sweep import Sweep
 
 JOB_FILE = "job.json"
@@ -45,6 +61,18 @@ class JobOutcome:
     status: str  # completed | skipped | failed
     seconds: float = 0.0
     error: str | None = None
+
+
+class UpstreamError(RuntimeError):
+    """The job whose weights a job evaluates (its upstream) failed."""
+
+
+def upstream_failure(job: Job, run_dir: Path, error: str | None) -> UpstreamError:
+    """The error recorded for ``job`` when its upstream (in ``upstream_run_dir(run_dir, job)``) failed."""
+    if job.upstream is None:
+        raise ValueError(f"{describe_job(job)} has no upstream job")
+    return UpstreamError(f"the upstream job {describe_job(job.upstream)} ({upstream_run_dir(run_dir, job)}), whose "
+                         f"weights {job.method.name} evaluates, failed: {error or 'see its metrics.json'}")
 
 
 def is_rank_zero() -> bool:
@@ -126,13 +154,40 @@ def record_failure(job: Job, run_dir: Path, error: BaseException, seconds: float
     return metrics
 
 
-def execute_job(job: Job, run_dir: Path, progress: bool = True, in_subprocess: bool = False) -> JobOutcome:
-    """Run one job with failure isolation. ``in_subprocess``: run it through ``run_benchmark.py run --job``."""
+def execute_job(job: Job, run_dir: Path, progress: bool = True, in_subprocess: bool = False,
+                attempted: dict[Path, JobOutcome] | None = None) -> JobOutcome:
+    """Run one job with failure isolation. ``in_subprocess``: run it through ``run_benchmark.py run --job``.
+
+    A job with an upstream first executes the upstream (skipped when finished). ``attempted`` (run folder ->
+    outcome, shared by the jobs of one sweep run) returns the outcome of a job already attempted, e.g. as an
+    upstream, instead of running it again."""
     run_dir = Path(run_dir)
+    if attempted is not None and run_dir.absolute() in attempted:
+        return attempted[run_dir.absolute()]
+    outcome = _execute_job(job, run_dir, progress, in_subprocess, attempted)
+    if attempted is not None:
+        attempted[run_dir.absolute()] = outcome
+    return outcome
+
+
+def _execute_job(job: Job, run_dir: Path, progress: bool, in_subprocess: bool,
+                 attempted: dict[Path, JobOutcome] | None) -> JobOutcome:
     if prepare_run_dir(job, run_dir) == "finished":
         print(f"[normbench] {run_dir} is finished with this configuration; skipping it (--overwrite to rerun)")
         return JobOutcome(job, "skipped")
     started = time.perf_counter()
+    if job.upstream is not None and is_rank_zero():  # the other ranks of a DDP job find it finished
+        upstream_dir = upstream_run_dir(run_dir, job)
+        print(f"[normbench] {describe_job(job)} evaluates the weights of {describe_job(job.upstream)} "
+              f"({upstream_dir})")
+        upstream = execute_job(job.upstream, upstream_dir, progress, in_subprocess=multi_device(job.upstream),
+                               attempted=attempted)
+        if upstream.status == "failed":
+            error = upstream_failure(job, run_dir, upstream.error)
+            seconds = time.perf_counter() - started
+            record_failure(job, run_dir, error, seconds)
+            return JobOutcome(job, "failed", seconds, f"{type(error).__name__}: {error}")
+        started = time.perf_counter()  # the dependent's own time
     try:
         if in_subprocess:
             _run_in_subprocess(run_dir, progress)
@@ -208,10 +263,11 @@ def run_sweep(sweep: Sweep, results_dir: Path, progress: bool = True,
 
         return run_with_submitit(sweep, sweep_dir, after_job)
     tracker = SweepProgress(len(sweep.jobs))
+    attempted: dict[Path, JobOutcome] = {}  # an upstream that failed is not retried by the next job that needs it
     for job in sweep.jobs:
         tracker.show(job)
         run_dir = job.run_dir(Path(results_dir), sweep.name)
-        outcome = execute_job(job, run_dir, progress, in_subprocess=multi_device(job))
+        outcome = execute_job(job, run_dir, progress, in_subprocess=multi_device(job), attempted=attempted)
         tracker.update(outcome)
         if outcome.status == "failed":
             tracker.console.print(f"[red]FAILED[/red] {job.method.name} / {job.dataset.name} / seed {job.seed}: "

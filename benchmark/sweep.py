@@ -54,6 +54,16 @@ Overrides apply after the grid: an override of a grid argument replaces its valu
 
 Every job is keyed by a hash of its resolved configuration (method and dataset with every default filled in,
 trainer profile, evaluation protocol, seed), so a changed configuration is a different job.
+
+Reused weights: a method whose class names another method config in ``AnomalyModule.weights_from`` (AutoDDPM's
+``weights_from: anoddpm``) evaluates that method's trained job of the same dataset, seed, trainer profile and
+evaluation protocol, its *upstream* (``Job.upstream``). The upstream is the sweep's own job of that method when the
+sweep has that method (a name of the sweep's methods: a variant's full name, or a config name or path with exactly
+one variant in the sweep), so that the sweep's overrides of it apply; otherwise a job of the method config as it is
+(a config name or YAML path; it runs in the sibling folder ``runs/<dataset>/<name>/seed_<n>`` without being one of
+the sweep's jobs). The dependent job's key includes the upstream's, so retraining or reconfiguring the upstream
+reruns the dependent. The upstream's method must train; an upstream may itself have an upstream (a method that
+fine-tunes another's weights), but not the dependent: a cycle is a ConfigError.
 """
 
 from __future__ import annotations
@@ -81,6 +91,7 @@ from benchmark.config import (
 from benchmark.job import Job
 from benchmark.metrics import EvaluationSettings
 from benchmark.metrics.settings import EVALUATION_KEYS
+from lightning_modules.base import AnomalyModule
 
 SWEEP_KEYS = {
     "methods": "method names or YAML paths, or grid entries {name: {arg: [values]}}",
@@ -195,7 +206,79 @@ def build_sweep(name: str, data: dict[str, Any], overrides: list[str], source: s
     jobs = [Job(method, dataset, profile, seed, evaluation)
             for dataset, dataset_names in datasets for method, method_names in methods
             if not any(_matches(rule, method_names, dataset_names) for rule in excluded) for seed in seeds]
+    _link_upstreams(jobs, methods)
     return Sweep(name, jobs, str(data.get("primary_metric", "pixel/auprc")), backend, source)
+
+
+# ---- reused weights -------------------------------------------------------------------------------------------
+def _upstream_method(job: Job, name: str, methods: list[tuple[ComponentConfig, set[str]]],
+                     loaded: dict[str, ComponentConfig]) -> ComponentConfig:
+    """The method config named by ``job``'s ``weights_from``: the sweep's method of that name (a variant's full name,
+    or the config name / path of exactly one of its methods), else the method config itself."""
+    where = f"{job.method.source}: weights_from = {name!r} (method {job.method.name!r})"
+    exact = [config for config, _ in methods if config.name == name]
+    if exact:
+        return exact[0]
+    aliased = [config for config, aliases in methods if name in aliases]
+    if len(aliased) > 1:
+        raise ConfigError(f"{where}: the sweep has several variants of {name!r} "
+                          f"({', '.join(config.name for config in aliased)}); name one of them")
+    if aliased:
+        return aliased[0]
+    if name not in loaded:
+        try:
+            loaded[name] = load_component("methods", name)
+        except ConfigError as error:
+            raise ConfigError(f"{where} names neither a method of this sweep "
+                              f"({', '.join(config.name for config, _ in methods)}) nor a method config: {error}") \
+                from error
+    config = loaded[name]
+    same = [other for other, _ in methods if other.name == config.name]  # a path to a config of the sweep
+    return same[0] if same else config
+
+
+def _link_upstreams(jobs: list[Job], methods: list[tuple[ComponentConfig, set[str]]]) -> None:
+    """Set ``Job.upstream`` of every job whose method reuses another method's weights (module docstring)."""
+    sweep_jobs = {(job.method.name, job.dataset.name, job.seed): job for job in jobs}
+    built: dict[tuple[str, str, int], Job] = {}  # upstreams outside the sweep, one per method x dataset x seed
+    loaded: dict[str, ComponentConfig] = {}
+    linked: set[int] = set()
+
+    def link(job: Job, chain: list[Job]) -> None:
+        if id(job) in linked:
+            return
+        target = job.method.target()
+        name = target.weights_from(job.method.resolved()["init_args"]) \
+            if isinstance(target, type) and issubclass(target, AnomalyModule) else None
+        if name is not None:
+            where = f"{job.method.source}: weights_from = {name!r} (method {job.method.name!r})"
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{where}: expected the name of a method config (a non-empty string)")
+            method = _upstream_method(job, name, methods, loaded)
+            ident = (method.name, job.dataset.name, job.seed)
+            upstream = sweep_jobs.get(ident) or built.get(ident)
+            if upstream is None and any(method is config for config, _ in methods):
+                raise ConfigError(f"{where}: the sweep excludes {method.name} on dataset {job.dataset.name}, whose "
+                                  f"job {job.method.name} evaluates; exclude {job.method.name} there too")
+            if upstream is None:
+                upstream = built[ident] = Job(method, job.dataset, job.profile, job.seed, job.evaluation)
+            path = [*chain, job]
+            if any(upstream is other for other in path):
+                start = next(i for i, other in enumerate(path) if other is upstream)
+                cycle = " -> ".join(other.method.name for other in [*path[start:], upstream])
+                raise ConfigError(f"{where}: the jobs reuse each other's weights in a cycle ({cycle}); "
+                                  "weights_from must lead to a method that trains")
+            link(upstream, path)
+            upstream_target = upstream.method.target()
+            if not (isinstance(upstream_target, type) and issubclass(upstream_target, AnomalyModule)
+                    and upstream_target.requires_training):
+                raise ConfigError(f"{where}: method {upstream.method.name!r} does not train (requires_training = "
+                                  "False), so its jobs leave no checkpoint to evaluate; name a method that trains")
+            job.upstream = upstream
+        linked.add(id(job))
+
+    for job in jobs:
+        link(job, [])
 
 
 def _exclusions(rules: Any, methods: list[tuple[ComponentConfig, set[str]]],

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 
@@ -85,8 +86,16 @@ class AnomalyModule(pl.LightningModule):
         partial_updates: ``True`` when a training step updates only some of the networks (GANs, staged training), so
             that DDP must look for parameters without gradient (the runner then uses
             ``ddp_find_unused_parameters_true`` instead of ``ddp``).
+        predict_during_fit: ``False`` for methods whose anomaly maps are expensive (diffusion chains): validation
+            during ``fit`` then only logs ``val/loss`` (no validation maps or image grids over training); the
+            healthy calibration and the test still score every image.
         trainer_overrides: Trainer arguments the method must control itself, applied over the profile (a method with
             a schedule of training stages in steps sets ``max_epochs: -1`` and stops ``fit`` when it is done).
+
+    A method that evaluates the trained weights of *another* method's job instead of training its own (AutoDDPM
+    reuses an AnoDDPM model) sets ``requires_training = False``, names that method's config in
+    :meth:`weights_from` and loads the checkpoint in :meth:`load_pretrained`; the runner links the two jobs (same
+    dataset, seed, trainer profile and protocol) and trains the upstream job first when it has not run.
 
     A method with several scoring rules overrides :attr:`score_variants` (names known before any batch, so that
     every device builds the same metric states) and returns them in :attr:`AnomalyOutput.variants`.
@@ -97,6 +106,7 @@ class AnomalyModule(pl.LightningModule):
     trainer_defaults: ClassVar[dict[str, Any]] = {}
     trainer_overrides: ClassVar[dict[str, Any]] = {}
     partial_updates: ClassVar[bool] = False
+    predict_during_fit: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -131,10 +141,12 @@ class AnomalyModule(pl.LightningModule):
             output = self.predict_anomaly(batch["image"])
         return output.detach()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> AnomalyOutput:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> AnomalyOutput | None:
         loss = self.validation_loss(batch)
         if loss is not None:
             self.log("val/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        if not self.predict_during_fit and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            return None  # an expensive method: validation during fit only computes val/loss
         return self._predict(batch)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> AnomalyOutput:
@@ -142,6 +154,16 @@ class AnomalyModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> AnomalyOutput:
         return self._predict(batch)
+
+    @classmethod
+    def weights_from(cls, init_args: dict[str, Any]) -> str | None:
+        """The method config whose trained job this method evaluates (``None``: it trains, or needs no training).
+        ``init_args`` are the method's resolved arguments (every default filled in)."""
+        return None
+
+    def load_pretrained(self, checkpoint: str) -> None:
+        """Take the weights of the upstream job's tested checkpoint (only for methods with :meth:`weights_from`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not load weights of another job")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

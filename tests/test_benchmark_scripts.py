@@ -1,4 +1,5 @@
-"""The README's performance commands run (with tiny sizes): benchmarks/loader.py, metrics.py, evaluator.py."""
+"""The README's performance commands run (with tiny sizes): benchmarks/loader.py, metrics.py, evaluator.py,
+overhead.py, diffusion.py."""
 
 from __future__ import annotations
 
@@ -44,3 +45,11 @@ def test_overhead_benchmark(tiny_sweep_setup):
     output = _script("overhead.py", "--dataset", str(tiny_sweep_setup["dataset"]), "--batches", "2", "--epochs", "1",
                      "--repeats", "2")
     assert "| lightning (harness) |" in output and "trainer.save_checkpoint" in output
+
+
+def test_diffusion_benchmark_reports_both_precisions():
+    table = _script("diffusion.py", "--size", "16", "--batch", "2", "--train-steps", "1", "--level", "100",
+                    "--rounds", "1")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    assert {"32", "bf16"} <= set(rows) and "3 network calls, ddim" in table
+    assert rows["32"][5].strip() == "1.00x" and float(rows["bf16"][4]) > 0
