@@ -32,6 +32,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def atomic_torch_save(payload: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, renamed into place (readers never see a torn file)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _json_safe(value: Any) -> Any:
     """NaN/Inf become null (strict JSON); containers are converted recursively."""
     if isinstance(value, float) and not math.isfinite(value):

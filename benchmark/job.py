@@ -46,10 +46,12 @@ from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
 from benchmark.generative import GenerativeQualityCallback
 from benchmark.io import read_json, write_json, write_yaml
 from benchmark.metrics import EvaluationSettings
+from benchmark.normative import NormativeCallback, dataset_key
 from datamodules.base import AnomalyDataModule
 from lightning_modules.base import AnomalyModule, GenerativeModel
 
 METRICS_SCHEMA = "normbench.metrics/2"
+FEATURE_CACHE = ".feature_cache"  # runs/<dataset>/.feature_cache: the dataset's offline feature encoder, shared
 MONITOR = "val/loss"
 
 
@@ -160,6 +162,9 @@ def _build_trainer(
     evaluation = EvaluationCallback(job.method.name, job.evaluation)
     callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs),
                                     FiniteLossGuard(), RandomStateCheckpoint(), LearningRateMonitor()]
+    callbacks.append(NormativeCallback(evaluation, run_dir.parent.parent / FEATURE_CACHE,
+                                       dataset_key(job.dataset.resolved()), job.evaluation.feature_extractor,
+                                       job.evaluation.detection_min_fraction))  # after the evaluation: adds to it
     if isinstance(model, GenerativeModel):  # sample grids over training, best-SSIM quality at test time
         callbacks.append(GenerativeQualityCallback(job.method.name, job.profile.image_grid_every_n_epochs,
                                                    job.evaluation.generative_samples))
@@ -185,6 +190,12 @@ def _build_trainer(
     options.setdefault("enable_model_summary", False)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
     return pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options), evaluation
+
+
+def _normative_result(trainer: pl.Trainer) -> dict[str, Any] | None:
+    """The run-level normative summary (readings, feature extractor, LPIPS status; ``None`` on other ranks)."""
+    found = [callback for callback in trainer.callbacks if isinstance(callback, NormativeCallback)]
+    return found[0].result if found and trainer.is_global_zero else None
 
 
 def _generative_result(trainer: pl.Trainer) -> dict[str, Any] | None:
@@ -349,6 +360,9 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
                                          "calibration": evaluation.calibration.get(variant)}
                                for variant in evaluation.results}
         curves["variants"] = evaluation.curves
+    normative = _normative_result(trainer)
+    if normative is not None:
+        metrics["normative"] = normative
     generative = _generative_result(trainer)
     if generative is not None:  # per run, whatever the score variants
         metrics["generative"] = generative

@@ -685,10 +685,12 @@ def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: S
     ``primary`` orders the table rows (higher is better); ``metrics`` chooses the bar charts (``DEFAULT_METRICS``).
     """
     from benchmark.report_generative import GENERATIVE_GUIDE, generative_section, has_generative  # uses this module
+    from benchmark.report_normative import NORMATIVE_GUIDE, has_normative, normative_section
 
     sweep = load_sweep(sweep_dir)
     colors = _colors(sorted({method for dataset in sweep.datasets() for method in sweep.methods(dataset)}))
-    guide = f"{READING_GUIDE}\n{GENERATIVE_GUIDE}" if has_generative(sweep) else READING_GUIDE
+    guide = READING_GUIDE + (f"\n{NORMATIVE_GUIDE}" if has_normative(sweep) else "") + \
+        (f"\n{GENERATIVE_GUIDE}" if has_generative(sweep) else "")
     lines = _header(sweep, primary, guide) + _families_section(sweep, primary)
     for dataset in sweep.datasets():
         chosen = curve_runs(sweep, dataset)
@@ -697,7 +699,8 @@ def write_report(sweep_dir: str | Path, primary: str = "pixel/auprc", metrics: S
         lines += _failures_section(sweep, dataset)
         lines += _bars_section(sweep, dataset, metrics or DEFAULT_METRICS, colors)
         lines += _curves_section(sweep, dataset, chosen, colors) + _scores_section(sweep, dataset, chosen)
-        lines += _qualitative_section(sweep, dataset) + generative_section(sweep, dataset)
+        lines += _qualitative_section(sweep, dataset) + normative_section(sweep, dataset)
+        lines += generative_section(sweep, dataset)
     path = sweep.root / "report.md"
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path

@@ -11,15 +11,18 @@ protocol; trained first when it has not run). Faithful to the GenAI_UAD port (``
 3. RePaint-style inpainting of the mask from x_rec noised to ``t_inpaint``: at every step the region outside the
    mask is the input noised to the step's level, the inside one reverse step, ``resamples`` rounds per step with a
    re-noising in between (:func:`repaint`); outside the mask the result is the input itself;
-4. map = |x - x_rec| * |x - x_inpainted|, score its mean; the reconstruction is the inpainted image.
+4. map = |x - x_rec| (x smoothed LPIPS saliency, see below) * |x - x_inpainted|, score its mean; the reconstruction
+   is the inpainted image.
 
 Deviations and readings (config choices where they matter):
 
-* **No LPIPS saliency yet.** GenAI multiplies the clipped residual ratio by an LPIPS-SqueezeNet spatial map before
-  thresholding and the first residual of the map by that map Gaussian-smoothed (sigma 2). NormBench never
-  downloads weights; until LPIPS weights can be loaded from a local path the saliency factor is omitted. Without it
-  the clipped ratio ties the top 5 % of pixels at 1, so that a strict ``> quantile`` rule would flag nothing: the
-  mask uses the unclipped ratio (equivalently: r above its 95th percentile).
+* **LPIPS saliency only with local weights.** As in GenAI, the clipped residual ratio is multiplied by the
+  LPIPS-SqueezeNet spatial map of (x, x_rec) before thresholding, and the first residual of the final map by that
+  map Gaussian-smoothed (sigma 2; a 17 x 17 kernel with zero padding, scipy reflects the border). NormBench never
+  downloads weights: the LPIPS network loads from ``NORMBENCH_LPIPS_DIR`` (``benchmark/metrics/perceptual.py``);
+  without it (or with ``lpips=False``) the saliency factor is omitted, with a warning. The clipped ratio alone ties
+  the top 5 % of pixels at 1, so that a strict ``> quantile`` rule would flag nothing: without saliency the mask
+  uses the unclipped ratio (equivalently: r above its 95th percentile).
 * ``mask_scope="image"`` takes the threshold quantile per image; GenAI takes it over the whole batch tensor and
   evaluates at batch size 1, which is the same thing. ``"batch"`` reproduces the batch-global rule.
 * The re-noising between resampling rounds goes from the step's target level back to its level with the exact
@@ -31,29 +34,37 @@ Deviations and readings (config choices where they matter):
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from benchmark.metrics.perceptual import LPIPS, load_lpips
 from lightning_modules.anoddpm import AnoDDPM
 from lightning_modules.base import AnomalyModule, AnomalyOutput
 from lightning_modules.diffusion import DiffusionProcess, denoise
+from lightning_modules.nets.smoothing import gaussian_kernel, smooth
 
 MIN_SCALE = 1e-8
+MIN_LPIPS_SIZE = 32  # SqueezeNet's pooling needs images of at least this size
 MASK_SCOPES = ("image", "batch")
 
 
 def likely_anomaly_mask(residual: Tensor, percentile: float = 95.0, quantile: float = 0.95, dilation: int = 1,
-                        scope: Literal["image", "batch"] = "image") -> Tensor:
-    """Binary mask [B,1,H,W] of pixels whose residual ratio r / P_percentile(r) (per image) exceeds its
-    ``quantile`` (per image or over the batch), dilated ``dilation`` times by a 3x3 square."""
+                        scope: Literal["image", "batch"] = "image", saliency: Tensor | None = None) -> Tensor:
+    """Binary mask [B,1,H,W] of pixels whose residual ratio r / P_percentile(r) (per image; clipped to [0, 1] and
+    multiplied by ``saliency`` when one is given, GenAI's LPIPS map) exceeds its ``quantile`` (per image or over
+    the batch), dilated ``dilation`` times by a 3x3 square."""
     if scope not in MASK_SCOPES:
         raise ValueError(f"unknown mask scope {scope!r}; use one of {MASK_SCOPES}")
     residual = residual.float()
     scale = torch.quantile(residual.flatten(1), percentile / 100.0, dim=1).clamp_min(MIN_SCALE)
     ratio = residual / scale.view(-1, 1, 1, 1)
+    if saliency is not None:
+        ratio = ratio.clamp(0.0, 1.0) * saliency.float()
     if scope == "image":
         threshold = torch.quantile(ratio.flatten(1), quantile, dim=1).view(-1, 1, 1, 1)
     else:
@@ -100,6 +111,8 @@ class AutoDDPM(AnomalyModule):
         mask_scope: Literal["image", "batch"] = "image",
         sampler: Literal["ddpm", "ddim"] | None = None,
         inference_steps: int | None = None,
+        lpips: bool = True,
+        smoothing_sigma: float = 2.0,
         image_size: int = 128,
         in_channels: int = 1,
     ) -> None:
@@ -115,6 +128,9 @@ class AutoDDPM(AnomalyModule):
         if mask_scope not in MASK_SCOPES:
             raise ValueError(f"unknown mask_scope {mask_scope!r}; use one of {MASK_SCOPES}")
         self.diffusion: AnoDDPM | None = None
+        self.saliency: LPIPS | None = None
+        size = 2 * math.ceil(4 * smoothing_sigma) + 1  # scipy's gaussian_filter truncates at 4 sigma
+        self.register_buffer("smoothing", gaussian_kernel(size, smoothing_sigma), persistent=False)
 
     @classmethod
     def weights_from(cls, init_args: dict[str, Any]) -> str | None:
@@ -135,6 +151,13 @@ class AutoDDPM(AnomalyModule):
         for level in (self.hparams.t_recon, self.hparams.t_inpaint):
             diffusion.process.grid(level)  # a level outside the model's chain is an error now, not at test time
         self.diffusion = diffusion.eval()
+        if self.hparams.lpips and self.hparams.image_size < MIN_LPIPS_SIZE:
+            rank_zero_warn(f"AutoDDPM runs without its LPIPS saliency factor: {self.hparams.image_size} px images are "
+                           f"too small for SqueezeNet (at least {MIN_LPIPS_SIZE} px)")
+        elif self.hparams.lpips:
+            self.saliency, reason = load_lpips("squeeze")
+            if self.saliency is None:
+                rank_zero_warn(f"AutoDDPM runs without its LPIPS saliency factor: {reason}")
 
     def predict_anomaly(self, image: Tensor) -> AnomalyOutput:
         if self.diffusion is None:
@@ -144,9 +167,15 @@ class AutoDDPM(AnomalyModule):
         image = image.float()
         reconstruction = model.reconstruct(image, hp.t_recon)
         residual = (image - reconstruction).abs().mean(dim=1, keepdim=True)
-        mask = likely_anomaly_mask(residual, hp.residual_percentile, hp.mask_quantile, hp.dilation, hp.mask_scope)
+        saliency = None
+        if self.saliency is not None:
+            with torch.autocast(image.device.type, enabled=False):
+                saliency = self.saliency(image, reconstruction, normalize=True, spatial=True)
+        mask = likely_anomaly_mask(residual, hp.residual_percentile, hp.mask_quantile, hp.dilation, hp.mask_scope,
+                                   saliency)
         inpainted = repaint(model.process, model.unet, model.to_model_space(image), mask,
                             model.to_model_space(reconstruction), hp.t_inpaint, hp.resamples)
         inpainted = model.to_image_space(inpainted)
-        anomaly_map = residual * (image - inpainted).abs().mean(dim=1, keepdim=True)
+        weighted = residual if saliency is None else residual * smooth(saliency, self.smoothing)
+        anomaly_map = weighted * (image - inpainted).abs().mean(dim=1, keepdim=True)
         return AnomalyOutput(anomaly_map, self.reduce_map(anomaly_map), inpainted)

@@ -191,11 +191,11 @@ def test_repaint_leaves_pixels_outside_the_mask_untouched():
     assert calls == [60] * 3 + [40] * 3 + [20] * 3 + [0]  # 3 rounds per step; one for the step to the clean image
 
 
-def _trained_checkpoint(tmp_path, **overrides) -> str:
+def _trained_checkpoint(tmp_path, size: int = 16) -> str:
     import pytorch_lightning as pl
 
-    model = AnoDDPM(**TINY, sampler="ddim", inference_steps=10, **overrides)
-    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, 16, 16)} for _ in range(8)], batch_size=4)
+    model = AnoDDPM(**{**TINY, "image_size": size}, sampler="ddim", inference_steps=10)
+    loader = torch.utils.data.DataLoader([{"image": torch.rand(1, size, size)} for _ in range(8)], batch_size=4)
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, loader)
@@ -235,3 +235,38 @@ def test_autoddpm_checks_the_upstream_checkpoint(tmp_path):
     auto = AutoDDPM(image_size=16, sampler="ddim", inference_steps=5)
     auto.load_pretrained(checkpoint)
     assert auto.diffusion.process.stride == 200
+
+
+def test_autoddpm_uses_the_lpips_saliency_when_its_weights_are_local(tmp_path, monkeypatch):
+    from benchmark.metrics.perceptual import LPIPS
+    from lightning_modules.nets.smoothing import gaussian_kernel, smooth
+
+    torch.manual_seed(8)
+    network = LPIPS("squeeze")
+    state = {k: (v.abs() if k.startswith("lin") else v) for k, v in network.state_dict().items()}
+    torch.save(state, tmp_path / "lpips_squeeze.pth")
+    monkeypatch.setenv("NORMBENCH_LPIPS_DIR", str(tmp_path))
+    with pytest.warns(UserWarning, match="too small"):
+        AutoDDPM(image_size=16).load_pretrained(_trained_checkpoint(tmp_path))
+    auto = AutoDDPM(image_size=32, t_recon=100, t_inpaint=20, resamples=2)
+    auto.load_pretrained(_trained_checkpoint(tmp_path, 32))
+    assert auto.saliency is not None
+    image = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(9)
+        reconstruction = auto.diffusion.reconstruct(image, 100)
+        torch.manual_seed(9)
+        output = auto.predict_anomaly(image)
+        saliency = auto.saliency(image, reconstruction, normalize=True, spatial=True)
+    residual = (image - reconstruction).abs()
+    mask = likely_anomaly_mask(residual, saliency=saliency)
+    assert not torch.equal(mask, likely_anomaly_mask(residual))  # the saliency changes which pixels are masked
+    outside = mask == 0
+    assert torch.equal(output.reconstruction[outside], image[outside])
+    expected = residual * smooth(saliency, gaussian_kernel(17, 2.0)) * (image - output.reconstruction).abs()
+    torch.testing.assert_close(output.anomaly_map, expected)
+    monkeypatch.delenv("NORMBENCH_LPIPS_DIR")
+    without = AutoDDPM(image_size=32)
+    with pytest.warns(UserWarning, match="NORMBENCH_LPIPS_DIR"):
+        without.load_pretrained(_trained_checkpoint(tmp_path, 32))
+    assert without.saliency is None

@@ -15,8 +15,14 @@ EVALUATION_KEYS = {
     "sub_bins_per_octave": "histogram resolution (power of two; relative bin width = 1 / value)",
     "curve_points": "maximum points stored per ROC / PR curve in curves.json",
     "generative_samples": "samples drawn by a generative method (GAN) for its best-SSIM generative quality",
+    "feature_extractor": "features of the AHI Frechet distances: auto (Inception from NORMBENCH_INCEPTION_PATH when "
+                         "present, else the dataset's cached healthy encoder), inception or healthy_encoder",
+    "detection_min_fraction": "lesion-level detection: a lesion counts as detected when more than this fraction of "
+                              "its pixels is flagged (FastMRI+ rule: 0.1)",
 }
 GENERATIVE_SAMPLES = 64
+FEATURE_EXTRACTORS = ("auto", "inception", "healthy_encoder")
+DETECTION_MIN_FRACTION = 0.1
 
 
 def threshold_name(fpr: float) -> str:
@@ -34,6 +40,8 @@ class EvaluationSettings:
     bins: ScoreBins = field(default_factory=ScoreBins)
     curve_points: int = 1000
     generative_samples: int = GENERATIVE_SAMPLES
+    feature_extractor: str = "auto"
+    detection_min_fraction: float = DETECTION_MIN_FRACTION
     name: str = "default"
 
     def __post_init__(self) -> None:
@@ -46,6 +54,10 @@ class EvaluationSettings:
             raise ValueError(f"curve_points must be >= 2, got {self.curve_points}")
         if self.generative_samples < 1:
             raise ValueError(f"generative_samples must be > 0, got {self.generative_samples}")
+        if self.feature_extractor not in FEATURE_EXTRACTORS:
+            raise ValueError(f"feature_extractor must be one of {FEATURE_EXTRACTORS}, got {self.feature_extractor!r}")
+        if not 0 <= self.detection_min_fraction < 1:
+            raise ValueError(f"detection_min_fraction must lie in [0, 1), got {self.detection_min_fraction}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], name: str = "custom") -> EvaluationSettings:
@@ -61,14 +73,17 @@ class EvaluationSettings:
             bins=ScoreBins(int(data.get("sub_bins_per_octave", ScoreBins.sub_bins_per_octave))),
             curve_points=int(data.get("curve_points", 1000)),
             generative_samples=int(data.get("generative_samples", GENERATIVE_SAMPLES)),
+            feature_extractor=str(data.get("feature_extractor", "auto")),
+            detection_min_fraction=float(data.get("detection_min_fraction", DETECTION_MIN_FRACTION)),
             name=name,
         )
 
     def to_mapping(self) -> dict[str, Any]:
         """The configuration mapping that :meth:`from_mapping` turns back into these settings.
 
-        ``generative_samples`` only when it is not the default: the mapping is part of every job's key, and a key
-        added with its default value would make every finished run look changed (and rerun)."""
+        ``generative_samples``, ``feature_extractor`` and ``detection_min_fraction`` only when they are not the
+        default: the mapping is part of every job's key, and a key added with its default value would make every
+        finished run look changed (and rerun)."""
         mapping = {
             "fpr_targets": list(self.fpr_targets),
             "postprocessing": self.postprocessing.describe(),
@@ -78,6 +93,10 @@ class EvaluationSettings:
         }
         if self.generative_samples != GENERATIVE_SAMPLES:
             mapping["generative_samples"] = self.generative_samples
+        if self.feature_extractor != "auto":
+            mapping["feature_extractor"] = self.feature_extractor
+        if self.detection_min_fraction != DETECTION_MIN_FRACTION:
+            mapping["detection_min_fraction"] = self.detection_min_fraction
         return mapping
 
     @property
@@ -93,4 +112,6 @@ class EvaluationSettings:
             else list(self.lesion_size_edges),
             "histogram": self.bins.describe(),
             "generative_samples": self.generative_samples,
+            "feature_extractor": self.feature_extractor,
+            "detection_min_fraction": self.detection_min_fraction,
         }
