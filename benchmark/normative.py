@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from benchmark.callbacks import EvaluationCallback
+from benchmark.callbacks import EvaluationCallback, _prefix, flatten_scalars
 from benchmark.metrics.features import healthy_encoder_features, load_inception
 from benchmark.metrics.lesions import detect_lesions, summarise_detection
 from benchmark.metrics.normative import (
@@ -320,10 +320,16 @@ class NormativeCallback(pl.Callback):
         }
 
     def _log(self, trainer: pl.Trainer) -> None:
+        """TensorBoard: the run-level indices and every per-set number (``test[<variant>]/<set>/normative/...``)."""
         if trainer.logger is None or not trainer.is_global_zero or self.result is None:
             return
         scalars = {f"normative/{key}": self.result[key] for key in ("rqi", "ahi_mean", "caci_mean", "composite_mean")
                    if self.result[key] is not None}
+        for variant, results in self.evaluation.results.items():
+            for name, result in results.items():
+                added = {key: result[key] for key in ("normative", "detection") if key in result}
+                scalars.update({f"{_prefix('test', variant)}/{name}/{key}": value
+                                for key, value in flatten_scalars(added).items()})
         if scalars:
             trainer.logger.log_metrics(scalars, step=trainer.global_step)
 

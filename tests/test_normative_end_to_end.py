@@ -70,6 +70,11 @@ def test_identity_restoration_has_perfect_rqi_and_no_correction(results):
     assert summary["rqi_reading"] == "mae" and summary["feature_extractor"].startswith("healthy-encoder")
     assert "NORMBENCH_LPIPS_DIR" in summary["lpips"]["alex"]  # LPIPS components skipped, with the reason
     assert "normative.lpips" in " ".join(metrics["test_sets"]["healthy"]["notes"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(results / "runs" / "tiny_brain" / "IdentityRestorer" / "seed_0" / "tensorboard"))
+    tags = set(events.Reload().Tags()["scalars"])
+    assert {"normative/rqi", "test/tumor/normative/caci", "test/tumor/detection/healthy_fpr@5%/f1"} <= tags
 
 
 def test_lesion_eraser_conserves_healthy_tissue_and_corrects_lesions(results):
