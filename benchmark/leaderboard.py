@@ -22,7 +22,8 @@ the same time never leave a torn file. Columns, in this order:
   (``metrics.json``'s ``generative``: the max / mean / min over its samples of each sample's best SSIM against the
   held-out healthy images, see ``benchmark/metrics/generative.py``), per run, so the same on every test set row and
   every score variant of the run; means over the completed seeds that report them, NaN for other methods.
-* ``precision, devices, evaluation (profile name), postprocessing, version/torch, version/pytorch-lightning,
+* ``precision, devices, evaluation (profile name), postprocessing, normative/feature_extractor (the features of
+  AHI's Frechet distances), normative/rqi_reading (bercea_v1 or mae), version/torch, version/pytorch-lightning,
   version/normbench, schema``: as recorded by the runs (distinct values joined with ``;`` if seeds disagree).
 """
 
@@ -57,6 +58,8 @@ INFO_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("devices", ("run", "devices")),
     ("evaluation", ("evaluation", "profile")),  # the evaluation profile name
     ("postprocessing", ("evaluation", "postprocessing")),
+    ("normative/feature_extractor", ("normative", "feature_extractor")),  # AHI's features (null: no normative)
+    ("normative/rqi_reading", ("normative", "rqi_reading")),  # bercea_v1 (LPIPS) or mae
     ("version/torch", ("versions", "torch")),
     ("version/pytorch-lightning", ("versions", "pytorch-lightning")),
     ("version/normbench", ("versions", "normbench")),

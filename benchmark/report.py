@@ -54,7 +54,8 @@ DEFAULT_METRICS = ("pixel/auprc", "pixel/auroc", "pixel/best_dice[oracle_test]",
 FIXED_COLUMNS = frozenset({
     "method", "dataset", "test_set", "n_seeds", "seeds", "status", "failures", "rank", "wall_time_s",
     "train_time_s", "test_time_s", "n_parameters", "train_images_per_s", "inference_images_per_s", "precision",
-    "devices", "evaluation", "postprocessing", "schema", *GENERATIVE_COLUMNS,
+    "devices", "evaluation", "postprocessing", "schema", "normative/feature_extractor", "normative/rqi_reading",
+    *GENERATIVE_COLUMNS,
 })
 FAILED_TEST_SET = "-"  # test_set of the leaderboard row of a method x dataset without any completed run
 FIGURES = "figures"

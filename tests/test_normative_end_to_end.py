@@ -93,6 +93,8 @@ def test_methods_without_reconstruction_get_null_with_a_reason(results):
     assert np.isnan(row["normative/composite:mean"])
     eraser = board[(board["method"] == "LesionEraser") & (board["test_set"] == "tumor")].iloc[0]
     assert eraser["normative/caci:mean"] == 1.0
+    assert eraser["normative/feature_extractor"].startswith("healthy-encoder")
+    assert eraser["normative/rqi_reading"] == "mae"
     report = (results / "report.md").read_text()
     assert "### Normative learning" in report and (results / "figures" / "normative_tiny_brain.png").is_file()
 
