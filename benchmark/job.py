@@ -192,16 +192,11 @@ def _build_trainer(
     return pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options), evaluation
 
 
-def _normative_result(trainer: pl.Trainer) -> dict[str, Any] | None:
-    """The run-level normative summary (readings, feature extractor, LPIPS status; ``None`` on other ranks)."""
-    found = [callback for callback in trainer.callbacks if isinstance(callback, NormativeCallback)]
+def _callback_result(trainer: pl.Trainer, kind: type[pl.Callback]) -> dict[str, Any] | None:
+    """The run-level ``result`` of the trainer's callback of type ``kind`` (``None`` without one, or before its
+    test, or on other ranks): the generative-quality or normative summary."""
+    found = [callback for callback in trainer.callbacks if isinstance(callback, kind)]
     return found[0].result if found and trainer.is_global_zero else None
-
-
-def _generative_result(trainer: pl.Trainer) -> dict[str, Any] | None:
-    """The generative-quality summary of a generative method's test (``None`` for other methods, other ranks)."""
-    found = [callback for callback in trainer.callbacks if isinstance(callback, GenerativeQualityCallback)]
-    return found[0].result if found else None
 
 
 def _log_hparams(trainer: pl.Trainer, job: Job, metrics: dict[str, Any]) -> None:
@@ -360,12 +355,10 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
                                          "calibration": evaluation.calibration.get(variant)}
                                for variant in evaluation.results}
         curves["variants"] = evaluation.curves
-    normative = _normative_result(trainer)
-    if normative is not None:
-        metrics["normative"] = normative
-    generative = _generative_result(trainer)
-    if generative is not None:  # per run, whatever the score variants
-        metrics["generative"] = generative
+    for key, kind in (("normative", NormativeCallback), ("generative", GenerativeQualityCallback)):
+        result = _callback_result(trainer, kind)
+        if result is not None:  # per run, whatever the score variants
+            metrics[key] = result
     if trainer.is_global_zero:
         _log_hparams(trainer, job, metrics)
         write_json(run_dir / "curves.json", curves)

@@ -24,13 +24,15 @@ Results go into each test set's entry of the evaluation results (``normative`` a
 ``metrics.json``, the leaderboard and TensorBoard), with ``notes`` saying why a value is null (e.g. a method
 without reconstruction); the run-level summary (readings, extractor, LPIPS status, Frechet distances) is
 :attr:`NormativeCallback.result` (``metrics.json``'s ``normative``). Under DDP each rank accumulates its shard and
-the per-image terms are gathered before the indices are computed.
+the per-image terms are gathered before the indices are computed. Undefined values are NaN in memory and null in
+``metrics.json`` (``benchmark.io.write_json``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,13 +45,14 @@ from torch import Tensor
 
 from benchmark.callbacks import EvaluationCallback, _prefix, flatten_scalars
 from benchmark.metrics.features import healthy_encoder_features, load_inception
-from benchmark.metrics.lesions import detect_lesions, summarise_detection
+from benchmark.metrics.lesions import batch_components, detect_lesions, summarise_detection
 from benchmark.metrics.normative import (
     ahi_index,
     caci_index,
     composite_index,
     conservation_terms,
     frechet_distance,
+    pool_conservation,
     restoration_terms,
     rqi_index,
 )
@@ -75,12 +78,8 @@ def _concat(parts: list[dict[str, list[np.ndarray]]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([a for part in parts for a in part.get(key, [])] or [np.zeros(0)]) for key in keys}
 
 
-def _mean(total: float, count: float) -> float | None:
-    return float(total / count) if count > 0 else None
-
-
-def _nan_to_none(value: float | None) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
+def _mean_or_nan(values: np.ndarray | None) -> float:
+    return float(np.mean(values)) if values is not None and len(values) else math.nan
 
 
 class NormativeCallback(pl.Callback):
@@ -109,6 +108,8 @@ class NormativeCallback(pl.Callback):
         self._lesions: dict[tuple[str | None, str, str], dict[str, list[np.ndarray]]] = defaultdict(
             lambda: defaultdict(list))
         self._has_reconstruction = True
+        self._rqi_reading: str | None = None
+        self._fd: dict[str, Any] = {}
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def _load_tools(self, trainer: pl.Trainer, device: torch.device) -> None:
@@ -154,9 +155,11 @@ class NormativeCallback(pl.Callback):
         test_set = trainer.datamodule.test_set_names[dataloader_idx]
         image, mask, roi = batch["image"].float(), (batch["mask"] > 0.5).float(), (batch["roi"] > 0.5).float()
         thresholds = self._thresholds()
+        components = batch_components(mask) if thresholds else None  # the lesions, labelled once per batch
         for variant, output in outputs.by_variant().items():
             for name, threshold in thresholds.get(variant, {}).items():
-                found = detect_lesions(output.anomaly_map.float(), mask, roi, threshold, self.detection_min_fraction)
+                found = detect_lesions(output.anomaly_map.float(), mask, roi, threshold, self.detection_min_fraction,
+                                       components)
                 for key, values in found.items():
                     self._lesions[variant, test_set, name][key].append(np.asarray(values))
         reconstruction = outputs.reconstruction
@@ -196,12 +199,15 @@ class NormativeCallback(pl.Callback):
 
     # ---- results ------------------------------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        terms = {name: _concat([dict(part.get(name, {})) for part in _gather(
-            {k: dict(v) for k, v in self._terms.items()})]) for name in trainer.datamodule.test_set_names}
+        # one collective per kind of state: every rank's shard, merged
+        term_parts = _gather({name: dict(values) for name, values in self._terms.items()})
+        terms = {name: _concat([part.get(name, {}) for part in term_parts])
+                 for name in trainer.datamodule.test_set_names}
         features = {key: np.concatenate(parts) for key, parts in _concat_features(
-            _gather({k: list(v) for k, v in self._features.items()})).items()}
-        lesions = {key: _concat([part.get(key, {}) for part in _gather(
-            {k: dict(v) for k, v in self._lesions.items()})]) for key in self._lesion_keys()}
+            _gather({key: list(values) for key, values in self._features.items()})).items()}
+        lesion_parts = _gather({key: dict(values) for key, values in self._lesions.items()})
+        lesions = {key: _concat([part.get(key, {}) for part in lesion_parts])
+                   for key in {key for part in lesion_parts for key in part}}
         has_reconstruction = all(_gather(self._has_reconstruction))
         notes: dict[str, str] = {}
         per_set = self._restoration_results(trainer.datamodule.test_set_names, terms, features, notes) \
@@ -210,10 +216,10 @@ class NormativeCallback(pl.Callback):
             for name, result in results.items():
                 result_notes = result.setdefault("notes", {})
                 if has_reconstruction:
-                    result["normative"] = _finite_or_none(per_set.get(name, {}))
+                    result["normative"] = dict(per_set.get(name, {}))
                     result_notes.update({k: v for k, v in notes.items() if k.startswith(f"{name}.")})
                 else:
-                    result["normative"] = {key: None for key in ("rqi", "ahi", "caci", "composite")}
+                    result["normative"] = dict.fromkeys(("rqi", "ahi", "caci", "composite"), math.nan)
                     result_notes["normative"] = NO_RECONSTRUCTION
                 if name != HEALTHY_TEST_SET:
                     result["detection"] = {}
@@ -222,65 +228,53 @@ class NormativeCallback(pl.Callback):
                         if summary.pop("note", None):
                             result_notes[f"detection.{threshold}"] = "no lesion in this test set: undefined"
                         result["detection"][threshold] = summary
-        self.result = _finite_or_none(self._summary(has_reconstruction, per_set, notes))
+        self.result = self._summary(has_reconstruction, per_set, notes)
         self._log(trainer)
         self._reset()
-
-    def _lesion_keys(self) -> list[tuple[str | None, str, str]]:
-        keys = {key for part in _gather(list(self._lesions)) for key in part}
-        return sorted(keys, key=lambda key: (str(key[0]), key[1], key[2]))
 
     def _restoration_results(self, test_sets: list[str], terms: dict[str, dict[str, np.ndarray]],
                              features: dict[tuple[str, str], np.ndarray], notes: dict[str, str]
                              ) -> dict[str, dict[str, Any]]:
+        """Per test set: the RQI ingredients (healthy set) or the CACI / AHI ingredients and indices (lesion sets).
+        Undefined values are NaN (``null`` in ``metrics.json``), with a note."""
         results: dict[str, dict[str, Any]] = {}
-        rqi = None
-        if HEALTHY_TEST_SET in test_sets and len(terms[HEALTHY_TEST_SET].get("mae", [])):
-            healthy = terms[HEALTHY_TEST_SET]
-            rqi, reading, note = rqi_index(healthy["mae"], healthy["mae_blank"], healthy.get("lpips_rec"),
-                                           healthy.get("lpips_blank"))
-            results[HEALTHY_TEST_SET] = {
-                "rqi": _nan_to_none(rqi), "mae": float(healthy["mae"].mean()), "ssim": float(healthy["ssim"].mean()),
-                "lpips": float(healthy["lpips_rec"].mean()) if "lpips_rec" in healthy else None,
-                "lpips_blank": float(healthy["lpips_blank"].mean()) if "lpips_blank" in healthy else None}
-            self._rqi_reading = reading
+        rqi = math.nan
+        healthy = terms.get(HEALTHY_TEST_SET, {})
+        if len(healthy.get("mae", [])):
+            rqi, self._rqi_reading, note = rqi_index(healthy["mae"], healthy["mae_blank"], healthy.get("lpips_rec"),
+                                                     healthy.get("lpips_blank"))
+            results[HEALTHY_TEST_SET] = {"rqi": rqi, "mae": float(healthy["mae"].mean()),
+                                         "ssim": float(healthy["ssim"].mean()),
+                                         "lpips": _mean_or_nan(healthy.get("lpips_rec")),
+                                         "lpips_blank": _mean_or_nan(healthy.get("lpips_blank"))}
             if note:
                 notes[f"{HEALTHY_TEST_SET}.normative.rqi"] = note
             if "lpips_rec" not in healthy:
                 notes[f"{HEALTHY_TEST_SET}.normative.lpips"] = self._lpips_notes.get("alex", "LPIPS unavailable")
-        else:
-            self._rqi_reading = None
         unseen = features.get((HEALTHY_TEST_SET, "inputs"))
-        fd_unseen = frechet_distance(unseen, self._reference) if unseen is not None and len(unseen) > 1 else None
+        fd_unseen = frechet_distance(unseen, self._reference) if unseen is not None and len(unseen) > 1 else math.nan
         self._fd = {"unseen_healthy": fd_unseen}
         for name in test_sets:
             if name == HEALTHY_TEST_SET:
                 continue
-            entry: dict[str, Any] = {"rqi": _nan_to_none(rqi)}
-            if rqi is None:
+            entry: dict[str, Any] = {"rqi": rqi}
+            if math.isnan(rqi):
                 notes[f"{name}.normative.rqi"] = f"no '{HEALTHY_TEST_SET}' test set: RQI undefined"
             set_terms = terms.get(name, {})
             if not len(set_terms.get("n_lesion", [])):
                 notes[f"{name}.normative"] = "no slice with lesion pixels: CACI and AHI undefined"
-                entry.update(caci=None, ahi=None, composite=None)
-                results[name] = entry
+                results[name] = {**entry, **dict.fromkeys(("caci", "ahi", "composite"), math.nan)}
                 continue
-            mse_lesion = _mean(set_terms["sq_err_lesion"].sum(), set_terms["n_lesion"].sum())
-            mse_healthy = _mean(set_terms["sq_err_healthy"].sum(), set_terms["n_healthy"].sum())
-            caci, caci_note = caci_index(mse_lesion or 0.0, mse_healthy or 0.0)
-            entry.update(mse_lesion=mse_lesion, mse_healthy=mse_healthy,
-                         ssim_lesion=_mean(set_terms["ssim_lesion"].sum(), set_terms["n_lesion"].sum()),
-                         ssim_healthy=_mean(set_terms["ssim_healthy"].sum(), set_terms["n_healthy"].sum()),
-                         lpips_lesion=_mean(set_terms["lpips_lesion"].sum(), set_terms["n_lesion"].sum())
-                         if "lpips_lesion" in set_terms else None,
-                         lpips_healthy=_mean(set_terms["lpips_healthy"].sum(), set_terms["n_healthy"].sum())
-                         if "lpips_healthy" in set_terms else None,
-                         caci=_nan_to_none(caci))
+            pooled = {f"{kind}_{region}": math.nan for kind in ("mse", "ssim", "lpips")
+                      for region in ("lesion", "healthy")}  # LPIPS stays NaN without its weights
+            pooled.update(pool_conservation(set_terms))
+            caci, caci_note = caci_index(pooled["mse_lesion"], pooled["mse_healthy"])
+            entry.update(pooled, caci=caci)
             if caci_note:
                 notes[f"{name}.normative.caci"] = caci_note
             inputs, restored = features.get((name, "inputs")), features.get((name, "restorations"))
-            ahi = None
-            if fd_unseen is None or inputs is None or len(inputs) < 2:
+            ahi = math.nan
+            if math.isnan(fd_unseen) or inputs is None or len(inputs) < 2:
                 notes[f"{name}.normative.ahi"] = "needs at least two healthy test and two lesion slices"
             else:
                 fd_p, fd_rp = frechet_distance(inputs, self._reference), frechet_distance(restored, self._reference)
@@ -289,10 +283,8 @@ class NormativeCallback(pl.Callback):
                 entry.update(fd_pathological=fd_p, fd_restored=fd_rp, fd_unseen_healthy=fd_unseen)
                 if ahi_note:
                     notes[f"{name}.normative.ahi"] = ahi_note
-            entry["ahi"] = _nan_to_none(ahi)
-            combined = composite_index(np.nan if rqi is None else rqi, np.nan if caci is None else caci,
-                                       np.nan if ahi is None else ahi)
-            entry.update(harmonic=_nan_to_none(combined["harmonic"]), composite=_nan_to_none(combined["composite"]))
+            entry["ahi"] = ahi
+            entry.update(composite_index(rqi, caci, ahi))
             results[name] = entry
         return results
 
@@ -300,21 +292,20 @@ class NormativeCallback(pl.Callback):
                  ) -> dict[str, Any]:
         lesion_sets = [entry for name, entry in per_set.items() if name != HEALTHY_TEST_SET]
 
-        def mean_of(key: str) -> float | None:
-            values = [entry.get(key) for entry in lesion_sets]
-            return float(np.mean(values)) if values and all(v is not None for v in values) else None
+        def mean_of(key: str) -> float:  # NaN when any set's value is undefined
+            return float(np.mean([entry[key] for entry in lesion_sets])) if lesion_sets else math.nan
 
         return {
             "reading": "bercea_v1 (RQI / AHI / CACI combinations are documented readings, see docs/evaluation.md)",
-            "rqi_reading": getattr(self, "_rqi_reading", None),
+            "rqi_reading": self._rqi_reading,
             "feature_extractor": getattr(self._extractor, "name", str(self._extractor)),
             "feature_extractor_note": self._extractor_note,
             "lpips": {backbone: "loaded" if backbone in self._lpips else self._lpips_notes[backbone]
                       for backbone in ("alex", "squeeze")},
             "reference_images": len(self._reference),
-            "rqi": per_set.get(HEALTHY_TEST_SET, {}).get("rqi"),
+            "rqi": per_set.get(HEALTHY_TEST_SET, {}).get("rqi", math.nan),
             "ahi_mean": mean_of("ahi"), "caci_mean": mean_of("caci"), "composite_mean": mean_of("composite"),
-            "frechet": getattr(self, "_fd", {}),
+            "frechet": self._fd,
             "detection_min_fraction": self.detection_min_fraction,
             "notes": notes if has_reconstruction else {"normative": NO_RECONSTRUCTION},
         }
@@ -324,7 +315,7 @@ class NormativeCallback(pl.Callback):
         if trainer.logger is None or not trainer.is_global_zero or self.result is None:
             return
         scalars = {f"normative/{key}": self.result[key] for key in ("rqi", "ahi_mean", "caci_mean", "composite_mean")
-                   if self.result[key] is not None}
+                   if math.isfinite(self.result[key])}
         for variant, results in self.evaluation.results.items():
             for name, result in results.items():
                 added = {key: result[key] for key in ("normative", "detection") if key in result}
@@ -334,25 +325,12 @@ class NormativeCallback(pl.Callback):
             trainer.logger.log_metrics(scalars, step=trainer.global_step)
 
 
-def _finite_or_none(value: Any) -> Any:
-    """NaN / Inf -> ``None`` throughout nested results (``metrics.json`` holds null for undefined values)."""
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(item) for item in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _detection(per_lesion: dict[str, np.ndarray]) -> dict[str, Any]:
     """The detection summary of one test set at one threshold; size bins at the 25th / 75th percentiles of the
     set's lesion (connected component) areas."""
     areas = np.asarray(per_lesion.get("area", np.zeros(0)), dtype=float)
     edges = np.unique(np.percentile(areas, [25, 75])).tolist() if len(areas) else [1.0]
-    return _finite_or_none(summarise_detection(per_lesion, edges))
+    return summarise_detection(per_lesion, edges)
 
 
 def _concat_features(parts: list[dict[tuple[str, str], list[np.ndarray]]]) -> dict[tuple[str, str], list[np.ndarray]]:

@@ -204,6 +204,15 @@ def _trained_checkpoint(tmp_path, size: int = 16) -> str:
     return str(path)
 
 
+def _reconstruction_and_output(auto: AutoDDPM, image: Tensor, seed: int):
+    """AutoDDPM's first-stage reconstruction (t_recon 100) and its output, drawn from the same noise."""
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        reconstruction = auto.diffusion.reconstruct(image, 100)
+        torch.manual_seed(seed)
+        return reconstruction, auto.predict_anomaly(image)
+
+
 def test_autoddpm_inpaints_only_its_mask_and_multiplies_the_two_residuals(tmp_path):
     auto = AutoDDPM(image_size=16, t_recon=100, t_inpaint=20, resamples=2)
     with pytest.raises(RuntimeError, match="load_pretrained"):
@@ -211,11 +220,7 @@ def test_autoddpm_inpaints_only_its_mask_and_multiplies_the_two_residuals(tmp_pa
     auto.load_pretrained(_trained_checkpoint(tmp_path))
     assert AutoDDPM.weights_from(auto.hparams) == "anoddpm" and auto.num_parameters() > 0
     image = torch.rand(3, 1, 16, 16)
-    with torch.no_grad():
-        torch.manual_seed(7)
-        reconstruction = auto.diffusion.reconstruct(image, 100)
-        torch.manual_seed(7)
-        output = auto.predict_anomaly(image)
+    reconstruction, output = _reconstruction_and_output(auto, image, seed=7)
     residual = (image - reconstruction).abs()
     mask = likely_anomaly_mask(residual)
     outside = mask == 0
@@ -252,11 +257,8 @@ def test_autoddpm_uses_the_lpips_saliency_when_its_weights_are_local(tmp_path, m
     auto.load_pretrained(_trained_checkpoint(tmp_path, 32))
     assert auto.saliency is not None
     image = torch.rand(2, 1, 32, 32)
+    reconstruction, output = _reconstruction_and_output(auto, image, seed=9)
     with torch.no_grad():
-        torch.manual_seed(9)
-        reconstruction = auto.diffusion.reconstruct(image, 100)
-        torch.manual_seed(9)
-        output = auto.predict_anomaly(image)
         saliency = auto.saliency(image, reconstruction, normalize=True, spatial=True)
     residual = (image - reconstruction).abs()
     mask = likely_anomaly_mask(residual, saliency=saliency)

@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from benchmark.metrics.lesions import detect_lesions, lesion_components, summarise_detection
+from benchmark.metrics.lesions import batch_components, detect_lesions, lesion_components, summarise_detection
 from benchmark.metrics.normative import (
     ahi_index,
     caci_index,
@@ -352,6 +352,21 @@ def test_detection_random_against_reference() -> None:
     assert len(reference) > 5 and 0 < result["tp"].sum() < len(reference) and result["fp"].sum() > 0
     assert_matches_reference(result, reference)
     assert 2 not in result["slice"]
+
+
+def test_precomputed_components_give_the_same_detection() -> None:
+    rng = np.random.default_rng(7)
+    amap = ndimage.gaussian_filter(rng.random((3, 32, 32)), sigma=(0, 2, 2)) * 3 - 1
+    mask = (ndimage.gaussian_filter(rng.random((3, 32, 32)), sigma=(0, 2, 2)) > 0.55).astype(float)
+    roi = np.ones_like(mask)
+    components = batch_components(batch(*mask))
+    assert components.shape == (3, 32, 32) and components.max() > 1
+    for threshold in (0.4, 0.55):
+        direct = detect_lesions(batch(*amap), batch(*mask), batch(*roi), threshold)
+        shared = detect_lesions(batch(*amap), batch(*mask), batch(*roi), threshold, components=components)
+        assert direct.keys() == shared.keys() and len(direct["tp"]) > 3
+        for key in direct:
+            np.testing.assert_array_equal(direct[key], shared[key])
 
 
 def test_eight_connectivity() -> None:

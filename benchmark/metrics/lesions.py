@@ -40,10 +40,16 @@ def _as_slices(values: Tensor | np.ndarray, name: str) -> np.ndarray:
     return array[:, 0]
 
 
-def _slice_lesions(anomaly: np.ndarray, mask: np.ndarray, roi: np.ndarray, threshold: float,
+def batch_components(mask: Tensor | np.ndarray) -> np.ndarray:
+    """8-connected lesion labels [B, H, W] of a [B,1,H,W] mask batch: label once, then pass them as ``components``
+    to every :func:`detect_lesions` call on that batch (several maps, several thresholds)."""
+    return np.stack([lesion_components(slice_mask)[0] for slice_mask in _as_slices(mask, "mask")])
+
+
+def _slice_lesions(anomaly: np.ndarray, labels: np.ndarray, roi: np.ndarray, threshold: float,
                    min_fraction: float) -> list[dict[str, float]]:
-    """Per-lesion rows of one [H, W] slice."""
-    labels, count = lesion_components(mask)
+    """Per-lesion rows of one [H, W] slice with lesion labels ``labels`` (0 = no lesion)."""
+    count = int(labels.max(initial=0))
     flagged = anomaly >= threshold
     kept = np.where(flagged, anomaly, 0.0)
     neg = float(kept[(roi > 0) & (labels == 0)].sum())
@@ -63,18 +69,20 @@ def _slice_lesions(anomaly: np.ndarray, mask: np.ndarray, roi: np.ndarray, thres
 
 
 def detect_lesions(anomaly_map: Tensor, mask: Tensor, roi: Tensor, threshold: float,
-                   min_fraction: float = 0.1) -> dict[str, np.ndarray]:
+                   min_fraction: float = 0.1, components: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per lesion of a [B,1,H,W] batch: ``slice`` (batch index), ``label``, ``area``, ``flagged_fraction``, ``tp``,
     ``fp``, ``precision``, ``recall``, ``f1`` and ``fp_mass`` (the slice's thresholded map mass in the roi outside
-    all lesions). Arrays are empty when the batch has no lesion."""
+    all lesions). Arrays are empty when the batch has no lesion. ``components``: the mask's labels from
+    :func:`batch_components` (computed here when not given)."""
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    anomaly, lesions, brain = _as_slices(anomaly_map, "anomaly_map"), _as_slices(mask, "mask"), _as_slices(roi, "roi")
-    if not anomaly.shape == lesions.shape == brain.shape:
-        raise ValueError(f"shapes differ: {anomaly.shape}, {lesions.shape}, {brain.shape}")
+    anomaly, brain = _as_slices(anomaly_map, "anomaly_map"), _as_slices(roi, "roi")
+    labels = batch_components(mask) if components is None else np.asarray(components)
+    if not anomaly.shape == labels.shape == brain.shape:
+        raise ValueError(f"shapes differ: {anomaly.shape}, {labels.shape}, {brain.shape}")
     rows = []
     for index in range(anomaly.shape[0]):
-        for row in _slice_lesions(anomaly[index], lesions[index], brain[index], threshold, min_fraction):
+        for row in _slice_lesions(anomaly[index], labels[index], brain[index], threshold, min_fraction):
             rows.append({"slice": index, **row})
     integer = {"slice", "label", "area", "tp", "fp"}
     return {f: np.array([r[f] for r in rows], dtype=np.int64 if f in integer else np.float64) for f in FIELDS}
