@@ -154,6 +154,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release_options(release_cls: type, pairs: list[str]) -> dict[str, str]:
+    """``--set key=value`` pairs checked against the release's constructor options."""
+    import inspect
+
+    accepted = [k for k in inspect.signature(release_cls.__init__).parameters if k not in ("self", "root",
+                                                                                           "modalities")]
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: write key=value")
+        if key not in accepted:
+            raise ConfigError(f"--set {key}: unknown option of {release_cls.name}; its options: {accepted or 'none'}")
+        options[key] = value
+    return options
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Validate an official release folder and write its subject-level split CSVs (idempotent)."""
+    from datamodules.releases import release_class
+    from datamodules.releases.base import prepare
+
+    release_cls = release_class(args.dataset)
+    modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
+    release = release_cls(args.root, modalities=modalities, **_release_options(release_cls, args.set))
+    out = Path(args.out) if args.out else Path("data") / args.dataset
+    result = prepare(release, out, seed=args.seed, healthy_split=args.healthy_split,
+                     pathology_split=args.pathology_split, skip_invalid=args.skip_invalid,
+                     headers_only=args.check == "headers")
+    print(result.report)
+    changed = ", ".join(result.written) if result.written else "nothing changed (already prepared)"
+    print(f"[normbench] {out}: {changed}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     for kind in ("methods", "datasets", "trainers", "evaluation", "sweeps"):
         print(f"{kind}: {', '.join(available(kind)) or '-'}")
@@ -218,6 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", help="where to save compare.csv/.md/.png (default: beside NEW, in compare/)")
     comp.add_argument("--primary", default="pixel/auprc", help="rank metric (default: pixel/auprc)")
     comp.set_defaults(func=cmd_compare)
+
+    prep = sub.add_parser("prepare", help="validate a public dataset release and write its split CSVs",
+                          description="Scan an official release folder (layouts: README, 'Real datasets'), report "
+                                      "every missing / unreadable / mismatched file and write subject-level split "
+                                      "CSVs with a fixed seed. Re-running is idempotent.")
+    prep.add_argument("dataset", help="release name: brats, ixi, hcp, atlas, mslub, msseg2015, msseg2016, lits, "
+                                      "oasis, fastmri")
+    prep.add_argument("--root", required=True, help="the extracted release folder")
+    prep.add_argument("--out", help="where the split CSVs go (default: data/DATASET, what configs/datasets expect)")
+    prep.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    prep.add_argument("--modalities", help="comma-separated modalities to require and write (default: all)")
+    prep.add_argument("--healthy-split", help="fractions of healthy subjects, e.g. train=0.8,val=0.1,test=0.1")
+    prep.add_argument("--pathology-split", help="fractions of patients, e.g. test=1 or train=0.5,val=0.1,test=0.4 "
+                                                "(train / val use their lesion-free slices)")
+    prep.add_argument("--skip-invalid", action="store_true",
+                      help="leave subjects with problems out (listed in prepare.json) instead of stopping")
+    prep.add_argument("--check", choices=("full", "headers"), default="full",
+                      help="full: read every voxel (labels, NaN); headers: shapes and grids only (faster)")
+    prep.add_argument("--set", action="append", default=[], metavar="key=value",
+                      help="release option, e.g. labels=tumor_core (BraTS); repeatable")
+    prep.set_defaults(func=cmd_prepare)
 
     sub.add_parser("list", help="list methods, datasets, trainer / evaluation profiles and sweeps").set_defaults(
         func=cmd_list)

@@ -98,7 +98,9 @@ class DatasetSplits:
     def __post_init__(self) -> None:
         if not self.tests:
             raise DataError("the dataset defines no test sets: give at least one named test split")
-        named = {"train": self.train, "val": self.val, **{f"test/{k}": v for k, v in self.tests.items()}}
+        # Test sets may share subjects (one image in several per-pathology sets, as in FastMRI+), but no test
+        # subject may be in train, val or the unlabelled pool, and those three are disjoint.
+        named = {"train": self.train, "val": self.val}
         if self.unlabelled is not None:
             named["unlabelled"] = self.unlabelled
         owner: dict[str, str] = {}
@@ -108,6 +110,11 @@ class DatasetSplits:
                     raise DataError(f"subject {subject!r} appears in split {owner[subject]!r} and in {split!r}; "
                                     "splits must be subject-disjoint")
                 owner[subject] = split
+        for name, arrays in self.tests.items():
+            for subject in set(arrays.subjects.tolist()):
+                if subject in owner:
+                    raise DataError(f"subject {subject!r} appears in split {owner[subject]!r} and in "
+                                    f"'test/{name}'; splits must be subject-disjoint")
 
 
 class SubjectShardSampler(DistributedSampler):
