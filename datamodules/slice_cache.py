@@ -164,7 +164,7 @@ class SliceCache:
 
 def _lesion_free(vol: VolumeSlices, margin: int) -> tuple[VolumeSlices, int]:
     """``vol`` without its lesion slices and the ``margin`` slices on either side (by slice index)."""
-    lesion = vol.masks.reshape(len(vol.slices), -1).any(axis=1)
+    lesion = vol.masks.reshape(len(vol.slices), -1).any(axis=1) if len(vol.slices) else np.zeros(0, bool)
     if not lesion.any():
         return vol, 0
     near = np.abs(vol.slices[:, None] - vol.slices[lesion][None, :]).min(axis=1) <= margin

@@ -1,5 +1,5 @@
 """The README's performance commands run (with tiny sizes): benchmarks/loader.py, metrics.py, evaluator.py,
-overhead.py, diffusion.py."""
+overhead.py, diffusion.py, prepare.py."""
 
 from __future__ import annotations
 
@@ -53,3 +53,11 @@ def test_diffusion_benchmark_reports_both_precisions():
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
     assert {"32", "bf16"} <= set(rows) and "3 network calls, ddim" in table
     assert rows["32"][5].strip() == "1.00x" and float(rows["bf16"][4]) > 0
+
+
+def test_prepare_benchmark():
+    table = _script("prepare.py", "--subjects", "2", "--shape", "24", "24", "16", "--image-size", "16",
+                    "--workers", "1")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
+    assert {"prepare --check headers", "prepare --check full, 1 thread(s)", "slice cache, 1 modality, 16 px"} <= set(rows)
+    assert rows["prepare --check headers"][4].strip() == "1.0x"

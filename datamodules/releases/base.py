@@ -141,6 +141,16 @@ class Release(ABC):
         return {MODALITY_PREFIX + m: found[m] for m in self.selected if m in found}
 
 
+# -------------------------------------------------------------------------------------------- scanning helpers
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def nifti_files(folder: Path) -> list[Path]:
+    """Every NIfTI file below ``folder``, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_nifti(p))
+
+
 # ------------------------------------------------------------------------------------------------- validation
 def _read(path: Path, headers_only: bool) -> tuple[tuple[int, ...], np.ndarray | None, np.ndarray | None]:
     """(shape, affine or None, data or None) of a NIfTI or 2D image file; raises on unreadable files."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
-from datamodules.releases.base import Problem, Release, ReleaseError, Subject
+from datamodules.releases.base import Problem, Release, ReleaseError, Subject, is_nifti
 
 LAYOUT = """\
   ROOT/                                   any of:
@@ -37,9 +37,6 @@ _GROUPINGS = {  # (labels with enhancing = 4, labels with enhancing = 3)
 _TIMEPOINT = re.compile(r"-\d{3}$")
 _BRATS20_SEG_ALIAS = re.compile(r"segm\.nii(?:\.gz)?$", re.IGNORECASE)  # BraTS20_Training_355's seg file name
 
-
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
 
 
 class BraTSRelease(Release):
@@ -73,7 +70,7 @@ class BraTSRelease(Release):
     def scan(self) -> tuple[list[Subject], list[Problem]]:
         folders: dict[Path, list[Path]] = {}
         for path in sorted(self.root.rglob("*")):
-            if path.is_file() and _is_nifti(path):
+            if path.is_file() and is_nifti(path):
                 folders.setdefault(path.parent, []).append(path)
         subjects, problems = [], []
         seen: dict[str, Path] = {}
