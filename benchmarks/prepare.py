@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from datamodules.nifti import read_split_csv
 from datamodules.preprocessing import PreprocessingSettings
-from datamodules.releases.brats import BraTSRelease
 from datamodules.releases.base import prepare
+from datamodules.releases.brats import BraTSRelease
 from datamodules.slice_cache import SliceCache
 
 

@@ -3,7 +3,7 @@
 One class of a labelled image data set is declared "anomalous" and never seen in training; a model is trained on
 the images of the other classes and must tell the left-out class apart at test time. This is the sample-level
 protocol of Zimmerer et al., "Unsupervised anomaly localization using variational auto-encoders" (MICCAI 2019),
-used there for FashionMNIST, and shared here by the ``digits`` and ``mnist`` datasets.
+used there for FashionMNIST, and shared here by the ``digits``, ``mnist`` and ``image_folder`` datasets.
 
 Splits built by :func:`leave_one_class_out`:
 
@@ -168,22 +168,25 @@ def cap_per_class(labels: np.ndarray, max_per_class: int | None, rng: np.random.
 
 # ------------------------------------------------------------------------------------------------------------ arrays
 def to_unit_images(images: np.ndarray, max_value: float, image_size: int, chunk_size: int = 4096) -> np.ndarray:
-    """Images [N,H,W] (any numeric dtype) -> float32 [N,1,S,S] in [0, 1]: divided by ``max_value``, resized, clipped.
+    """Images [N,H,W] or [N,C,H,W] (any numeric dtype) -> float32 [N,C,S,S] in [0, 1] (C = 1 for [N,H,W]):
+    divided by ``max_value``, resized, clipped.
 
-    Resizing is bilinear with ``align_corners=False`` and antialiasing when an axis shrinks; images already at
-    ``image_size`` are only scaled. Works in chunks so memory stays at the size of the output.
+    Resizing is bilinear with ``align_corners=False`` and antialiasing when an axis shrinks, channel by channel;
+    images already at ``image_size`` are only scaled. Works in chunks so memory stays at the size of the output.
     """
     images = np.asarray(images)
-    if images.ndim != 3:
-        raise DataError(f"expected images as an [N,H,W] array, got shape {images.shape}")
+    if images.ndim not in (3, 4):
+        raise DataError(f"expected images as an [N,H,W] or [N,C,H,W] array, got shape {images.shape}")
     if not max_value > 0:
         raise ValueError(f"max_value must be > 0, got {max_value!r}")
-    n, height, width = images.shape
+    if images.ndim == 3:
+        images = images[:, None]
+    n, channels, height, width = images.shape
     size = (image_size, image_size)
     downsample = image_size < height or image_size < width
-    out = np.empty((n, 1, *size), dtype=np.float32)
+    out = np.empty((n, channels, *size), dtype=np.float32)
     for start in range(0, n, chunk_size):
-        block = torch.from_numpy(np.asarray(images[start:start + chunk_size], dtype=np.float32)[:, None])
+        block = torch.from_numpy(np.asarray(images[start:start + chunk_size], dtype=np.float32))
         block = block / float(max_value)
         if (height, width) != size:
             block = F.interpolate(block, size=size, mode="bilinear", align_corners=False, antialias=downsample)
@@ -192,7 +195,8 @@ def to_unit_images(images: np.ndarray, max_value: float, image_size: int, chunk_
 
 
 def make_split(images: np.ndarray, label: int, subjects: np.ndarray, source: str) -> SliceArrays:
-    """A split of whole images: one subject per image, slice 0, all-zero masks and all-one rois (read-only views)."""
+    """A split of whole images [N,C,H,W] (grey or RGB): one subject per image, slice 0, all-zero masks and all-one
+    rois [N,1,H,W] (read-only views)."""
     n, _, height, width = images.shape
     return SliceArrays(
         images=images,
@@ -225,8 +229,8 @@ def leave_one_class_out(
     """Build the leave-one-class-out splits (see the module docstring) from a training pool and a test source.
 
     Args:
-        pool_images, pool_labels, pool_ids: images [N,H,W], class labels [N] and unique string ids [N] of the
-            training source; images of the held-out class in it are dropped.
+        pool_images, pool_labels, pool_ids: images [N,H,W] or [N,C,H,W], class labels [N] and unique string ids
+            [N] of the training source; images of the held-out class in it are dropped.
         test_images, test_labels, test_ids: the same for the test source; its images of the other classes form
             ``healthy``, those of the held-out class ``anomalous``.
         held_out_class: the anomalous class; must be an int among the classes of both sources.

@@ -223,9 +223,12 @@ def _like(reference: MetaTensor, values: torch.Tensor) -> MetaTensor:
 
 
 def foreground_roi(image: torch.Tensor) -> torch.Tensor:
-    """The filled foreground of a background-zero image: voxels above its minimum, holes filled (per volume)."""
+    """The filled foreground of a background-zero image: voxels above its minimum, with holes filled in 3D and
+    then in every axial slice (a 2D image is a volume of depth one, whose holes only a 2D fill can close)."""
     values = _plain(image)[0].numpy()
     filled = ndimage.binary_fill_holes(values > values.min())
+    for k in range(filled.shape[2]):
+        filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
     return torch.from_numpy(filled.astype(np.float32))[None]
 
 

@@ -59,5 +59,6 @@ def test_prepare_benchmark():
     table = _script("prepare.py", "--subjects", "2", "--shape", "24", "24", "16", "--image-size", "16",
                     "--workers", "1")
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")}
-    assert {"prepare --check headers", "prepare --check full, 1 thread(s)", "slice cache, 1 modality, 16 px"} <= set(rows)
+    assert {"prepare --check headers", "prepare --check full, 1 thread(s)",
+            "slice cache, 1 modality, 16 px"} <= set(rows)
     assert rows["prepare --check headers"][4].strip() == "1.0x"

@@ -42,7 +42,7 @@ def test_colour_png_and_grey_rgb(tmp_path):
     with pytest.raises(DataError, match="colour image"):
         load_volume(VolumeRecord("c", write_png(tmp_path / "c.png", colour)))
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(DataError, match="bad.png"):
+    with pytest.raises(DataError, match=r"bad\.png"):
         load_volume(VolumeRecord("b", tmp_path / "bad.png"))
 
 
@@ -83,6 +83,12 @@ def test_roi_from_foreground_fills_holes(tmp_path):
     roi = data["roi"][0].numpy() > 0
     assert roi.sum() == (image > 0).sum() + blob(SHAPE, (12, 14, 10), 2).sum()
     assert load_volume(record)["roi"].min() == 1  # default: the whole volume
+    picture = np.zeros((16, 16), np.uint8)
+    picture[2:14, 2:14] = 200
+    picture[6:9, 6:9] = 0  # a dark hole inside a 2D slice
+    data = load_volume(VolumeRecord("p", write_png(tmp_path / "p.png", picture)),
+                       PreprocessingSettings(roi_from_foreground=True))
+    assert int(data["roi"].sum()) == 12 * 12
 
 
 def test_modality_columns_and_label_columns(tmp_path):

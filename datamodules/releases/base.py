@@ -312,14 +312,16 @@ def _csv_text(rows: list[dict[str, str]]) -> str:
     return buffer.getvalue()
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` atomically unless the file already holds it; True when written."""
-    if path.is_file() and path.read_text() == text:
+def write_if_changed(path: Path, content: str | bytes) -> bool:
+    """Write ``content`` atomically unless the file already holds it (so re-running changes no file and no
+    modification time); True when written. Derived files of adapters (masks) use it too."""
+    data = content.encode() if isinstance(content, str) else content
+    if path.is_file() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     os.replace(tmp, path)
     return True
 

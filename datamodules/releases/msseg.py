@@ -25,9 +25,7 @@ patient has MS lesions: one group, ``ms``; the default split sends every row to 
 from __future__ import annotations
 
 import gzip
-import os
 import re
-import tempfile
 import zlib
 from abc import abstractmethod
 from collections import Counter
@@ -39,7 +37,7 @@ import nibabel as nib
 import numpy as np
 
 from datamodules.releases.atlas import KindOf, classify, merge_rows, regex_kinds
-from datamodules.releases.base import Problem, Release, ReleaseError, Subject, nifti_files
+from datamodules.releases.base import Problem, Release, ReleaseError, Subject, nifti_files, write_if_changed
 
 _UNREADABLE = (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError, zlib.error)
 _NII = r"\.nii(?:\.gz)?"
@@ -298,18 +296,6 @@ class MSSEG2015Release(_MSSEGRelease):
             return None
         combined = np.logical_or(a > 0, b > 0) if self.rater == "union" else np.logical_and(a > 0, b > 0)
         target = self._derived_folder() / f"{point}_mask_{self.rater}.nii.gz"
-        _write_bytes_if_changed(target, gzip.compress(nib.Nifti1Image(combined.astype(np.uint8), affine).to_bytes(),
+        write_if_changed(target, gzip.compress(nib.Nifti1Image(combined.astype(np.uint8), affine).to_bytes(),
                                                       mtime=0))
         return target
-
-
-def _write_bytes_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` atomically unless the file already holds it; True when written."""
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-    return True
