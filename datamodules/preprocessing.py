@@ -128,16 +128,17 @@ class ScaleIntensityPercentilesInRoid(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         image, roi = d["image"], _plain(d["roi"]) > 0
-        inside = _plain(image)[roi.expand_as(image)].float()
-        if inside.numel() == 0:
+        if not roi.any():
             raise DataError(f"{self.source}: the roi is empty, so no intensities can be normalised; check the roi file")
-        q = torch.tensor(self.percentiles, dtype=torch.float64) / 100.0
-        lo, hi = torch.quantile(_subsample(inside).double(), q).tolist()
-        if hi <= lo and self.window is None:
-            raise DataError(
-                f"{self.source}: intensities are constant inside the roi ({lo}); the image looks empty or corrupt")
         if self.window is not None:
             lo, hi = self.window
+        else:
+            inside = _plain(image)[roi.expand_as(image)].float()
+            q = torch.tensor(self.percentiles, dtype=torch.float64) / 100.0
+            lo, hi = torch.quantile(_subsample(inside).double(), q).tolist()
+            if hi <= lo:
+                raise DataError(
+                    f"{self.source}: intensities are constant inside the roi ({lo}); the image looks empty or corrupt")
         scaled = ((image - lo) / (hi - lo)).clamp(0.0, 1.0)  # stays a MetaTensor (keeps the affine)
         if self.zero_outside_roi:
             scaled = scaled * roi
@@ -222,13 +223,21 @@ def _like(reference: MetaTensor, values: torch.Tensor) -> MetaTensor:
     return MetaTensor(values, meta=dict(reference.meta))  # the meta carries the affine
 
 
-def foreground_roi(image: torch.Tensor) -> torch.Tensor:
-    """The filled foreground of a background-zero image: voxels above its minimum, with holes filled in 3D and
-    then in every axial slice (a 2D image is a volume of depth one, whose holes only a 2D fill can close)."""
-    values = _plain(image)[0].numpy()
+def filled_foreground(values: np.ndarray) -> np.ndarray:
+    """Boolean foreground of a background-zero 2D image or 3D volume: values above the minimum, holes filled (in
+    3D, and then in every axial slice: a ventricle open at one end is still a hole in the slices through it)."""
     filled = ndimage.binary_fill_holes(values > values.min())
-    for k in range(filled.shape[2]):
-        filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
+    if filled.ndim == 3:
+        for k in range(filled.shape[2]):
+            filled[:, :, k] = ndimage.binary_fill_holes(filled[:, :, k])
+    return filled
+
+
+def foreground_roi(image: torch.Tensor) -> torch.Tensor:
+    """:func:`filled_foreground` of a channel-first volume (a 2D image is a volume of depth one)."""
+    values = _plain(image)[0].numpy()
+    plane = values[:, :, 0] if values.shape[2] == 1 else values  # a depth-one volume has only 2D holes
+    filled = filled_foreground(plane).reshape(values.shape)
     return torch.from_numpy(filled.astype(np.float32))[None]
 
 

@@ -7,9 +7,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datamodules.nifti import read_split_csv
+from datamodules.preprocessing import PreprocessingSettings
+from datamodules.slice_cache import SliceCache
 from tests.conftest import ellipsoid, write_nifti
 
-__all__ = ["SHAPE", "blob", "brain", "ellipsoid_fraction", "write_nifti", "write_png"]
+__all__ = ["SHAPE", "blob", "brain", "ellipsoid_fraction", "native_grid_cache", "snapshot", "write_nifti",
+           "write_png"]
 
 SHAPE = (24, 28, 20)  # tiny, deliberately not cubic: catches swapped axes
 
@@ -39,3 +43,19 @@ def blob(shape: tuple[int, ...], centre: tuple[int, ...], radius: float) -> np.n
     """Boolean ball (any dimension)."""
     grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     return sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)) <= radius ** 2
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Content and modification time of every file below ``folder``: equal snapshots = nothing was rewritten."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def native_grid_cache(csv: Path, modality: str, cache_dir: Path) -> SliceCache:
+    """The slice cache of one prepared CSV on the volumes' own grid: every slice, no crop, padded to a square of
+    the larger in-plane side and not resampled, so mask pixel counts equal the source voxels exactly."""
+    settings = PreprocessingSettings(image_size=max(SHAPE[:2]), crop_to_roi=False, min_roi_fraction=0.0,
+                                     intensity_percentiles=(0, 100), min_lesion_pixels=1)
+    cache = SliceCache(cache_dir, "native", read_split_csv(csv, modality), settings)
+    cache.build(progress=False)
+    return cache

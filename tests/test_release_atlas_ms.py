@@ -16,7 +16,7 @@ from benchmark.cli import main
 from datamodules.nifti import NiftiDataModule
 from datamodules.releases import release_class
 from datamodules.releases.base import ReleaseError, prepare
-from tests.releases import SHAPE, blob, brain, ellipsoid_fraction, write_nifti
+from tests.releases import SHAPE, blob, brain, ellipsoid_fraction, native_grid_cache, snapshot, write_nifti
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 CENTRE, RADIUS = (12, 14, 10), 4
@@ -145,11 +145,6 @@ def config_datamodule(name: str, out: Path, cache: Path, **overrides) -> NiftiDa
     return NiftiDataModule(**args)
 
 
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
-            if p.is_file()}
-
-
 # ---------------------------------------------------------------------------------------- every adapter alike
 @pytest.mark.parametrize("name", sorted(WRITERS))
 def test_documented_prepare_feeds_the_dataset_config(name, tmp_path):
@@ -240,13 +235,7 @@ def test_atlas_ignores_testing_and_takes_one_brain_mask(tmp_path):
     table = pd.read_csv(out / "test_stroke.csv")
     assert set(table["roi"]) == {str(brain_mask)}
     # exact label mapping: the whole lesion, in every subject, lies in the brain roi
-    dm = NiftiDataModule(train_csv=str(out / "test_stroke.csv"), val_csv=str(out / "test_stroke.csv"),
-                         test_csvs={"stroke": str(out / "test_stroke.csv")}, cache_dir=str(tmp_path / "cache"),
-                         modality="t1", image_size=max(SHAPE[:2]), crop_to_roi=False, min_roi_fraction=0.0,
-                         lesion_free_margin=None, min_lesion_pixels=1, progress=False)
-    test = dm.caches()["test/stroke"]
-    test.build(progress=False)
-    arrays = test.open()
+    arrays = native_grid_cache(out / "test_stroke.csv", "t1", tmp_path / "cache").open()
     assert int(np.asarray(arrays.masks).sum()) == 3 * LESION.sum()
     assert int(np.asarray(arrays.rois).sum()) == 3 * ellipsoid_fraction(SHAPE, 0.7).sum()
 
@@ -429,12 +418,7 @@ def test_msseg2015_rater_masks(tmp_path):
             before = snapshot(out)
             assert main(command) == 0
             assert snapshot(out) == before  # derived masks are rewritten only when their content changes
-        dm = NiftiDataModule(train_csv=str(out / "test_ms.csv"), val_csv=str(out / "test_ms.csv"),
-                             test_csvs={"ms": str(out / "test_ms.csv")}, cache_dir=str(tmp_path / "cache"),
-                             modality="flair", image_size=max(SHAPE[:2]), crop_to_roi=False, min_roi_fraction=0.0,
-                             lesion_free_margin=None, min_lesion_pixels=1, progress=False)
-        cache = dm.caches()["test/ms"]
-        cache.build(progress=False)
+        cache = native_grid_cache(out / "test_ms.csv", "flair", tmp_path / "cache")
         assert int(np.asarray(cache.open().masks).sum()) == 4 * count, rater  # padded, not resampled: exact
     manifest = json.loads((tmp_path / "union" / "prepare.json").read_text())
     assert manifest["options"]["rater"] == "union"

@@ -13,7 +13,7 @@ from benchmark.cli import main
 from datamodules.nifti import NiftiDataModule
 from datamodules.releases import release_class
 from datamodules.releases.base import ReleaseError, prepare
-from tests.releases import SHAPE, blob, brain, write_nifti
+from tests.releases import SHAPE, blob, brain, native_grid_cache, snapshot, write_nifti
 
 KINDS = ("t1", "t1ce", "t2", "flair")
 
@@ -65,9 +65,9 @@ def test_prepare_writes_subject_level_splits_and_is_idempotent(tmp_path):
     manifest = json.loads((out / "prepare.json").read_text())
     assert manifest["csvs"]["test_tumor.csv"] == 3 and manifest["seed"] == 0
 
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    before = snapshot(out)
     assert main(["prepare", "brats", "--root", str(root), "--out", str(out)]) == 0
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert snapshot(out) == before
 
     # another seed reshuffles, another split removes the CSVs that are no longer produced
     assert main(["prepare", "brats", "--root", str(root), "--out", str(out), "--pathology-split", "test=1"]) == 0
@@ -103,13 +103,8 @@ def test_label_groupings_select_the_labelled_regions(tmp_path):
     for labels in ("whole_tumor", "tumor_core", "enhancing"):
         out = tmp_path / labels
         prepare(release_class("brats")(root, labels=labels), out, pathology_split="test=1")
-        dm = NiftiDataModule(train_csv=str(out / "test_tumor.csv"), val_csv=str(out / "test_tumor.csv"),
-                             test_csvs={"t": str(out / "test_tumor.csv")}, cache_dir=str(tmp_path / "cache"),
-                             modality="flair", image_size=max(SHAPE[:2]), crop_to_roi=False, min_roi_fraction=0.0,
-                             intensity_percentiles=(0, 100), lesion_free_margin=None, min_lesion_pixels=1,
-                             progress=False)
-        # read the test set only: train / val repeat it here just to build a datamodule
-        sizes[labels] = int(np.asarray(dm.caches()["test/t"].open().masks).sum())
+        cache = native_grid_cache(out / "test_tumor.csv", "flair", tmp_path / "cache")
+        sizes[labels] = int(np.asarray(cache.open().masks).sum())
     seg = tumour_seg()
     expected = {"whole_tumor": (seg > 0).sum(), "tumor_core": np.isin(seg, (1, 4)).sum(), "enhancing": (seg == 4).sum()}
     for labels, count in sizes.items():  # padded to a 28 px square, not resampled: exact counts

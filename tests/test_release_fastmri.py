@@ -16,7 +16,7 @@ from benchmark.config import CONFIG_DIR
 from datamodules.nifti import NiftiDataModule
 from datamodules.releases import release_class
 from datamodules.releases.base import ReleaseError, prepare
-from tests.releases import ellipsoid_fraction, write_png
+from tests.releases import ellipsoid_fraction, snapshot, write_png
 
 W, H = 40, 32  # PNG width x height: not square, catches swapped axes
 HEADER = "file,slice,study_level,x,y,width,height,label"
@@ -113,9 +113,9 @@ def test_prepare_groups_masks_rois_and_is_idempotent(tmp_path):
     assert manifest["groups"]["mass_all"] == [A, C] and manifest["subjects"]["test"] == sorted(
         [A, B, C, *tables["test_healthy"]["subject"]])
 
-    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    before = snapshot(out)
     assert main(["prepare", "fastmri", "--root", str(root), "--out", str(out)]) == 0
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+    assert snapshot(out) == before
 
 
 def dataset_from_config(out: Path, tmp_path: Path, sets: list[str], **overrides) -> NiftiDataModule:

@@ -20,7 +20,7 @@ from benchmark.config import load_component
 from datamodules.nifti import NiftiDataModule
 from datamodules.releases import release_class
 from datamodules.releases.base import ReleaseError, prepare
-from tests.releases import SHAPE, blob, write_nifti
+from tests.releases import SHAPE, blob, snapshot, write_nifti
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 SITES = ("Guys", "HH", "IOP")
@@ -95,10 +95,6 @@ def hcp_release(root: Path, ids=HCP_IDS, seed: int = 0) -> Path:
         write_hcp_subject(root, subject, rng)
     (root / "unrestricted_behavioral.csv").write_text("Subject\n")
     return root
-
-
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
 def datamodule_from_config(name: str, out: Path, cache: Path, **overrides) -> NiftiDataModule:

@@ -17,7 +17,7 @@ from benchmark.config import load_component
 from datamodules.nifti import NiftiDataModule
 from datamodules.releases import release_class
 from datamodules.releases.base import ReleaseError, prepare
-from tests.releases import SHAPE, blob, write_nifti, write_png
+from tests.releases import SHAPE, blob, snapshot, write_nifti, write_png
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 
@@ -104,9 +104,9 @@ def test_lits_prepare_through_the_cli_is_idempotent(tmp_path):
     assert manifest["options"] == {"modalities": ["ct"], "test_volumes_ignored": 2}
     assert manifest["groups"]["healthy"] == ["lits-1", "lits-30"] and manifest["pathology_split"]["test"] == 0.4
 
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    before = snapshot(out)
     assert main(["prepare", "lits", "--root", str(root), "--out", str(out)]) == 0
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert snapshot(out) == before
 
 
 def test_lits_batches_from_the_config_window_hu_and_align_the_tumour(tmp_path):
@@ -248,12 +248,13 @@ def test_oasis_prepare_keeps_the_official_splits_and_is_idempotent(tmp_path):
     assert manifest["subjects"]["test"] == ["case_007", "case_008", "case_009"]
     assert manifest["options"] == {"modalities": ["t1"], "segmentations": True}
 
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    before = snapshot(out)
     assert main(["prepare", "oasis", "--root", str(tmp_path / "download"), "--out", str(out)]) == 0
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert snapshot(out) == before
     assert main(["prepare", "oasis", "--root", str(root), "--out", str(out)]) == 0  # the inner folder: same CSVs
-    assert {p.name: before[p.name] for p in out.glob("*.csv")} == {p.name: (p.read_bytes(), p.stat().st_mtime_ns)
-                                                                   for p in out.glob("*.csv")}
+    after = snapshot(out)
+    assert {name: before[name] for name in after if name.endswith(".csv")} == {
+        name: state for name, state in after.items() if name.endswith(".csv")}
 
 
 def test_oasis_batches_from_the_config_match_the_pngs(tmp_path):

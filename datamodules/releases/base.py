@@ -21,6 +21,8 @@ Rules:
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -188,14 +190,15 @@ def check_subject(subject: Subject, release: Release, headers_only: bool = False
                 zlib.error) as error:
             problems.append(Problem(f"unreadable {column} file ({type(error).__name__}: {error})", subject.id, path))
             continue
+        # separately acquired modalities (IXI's T1 vs T2 / PD) are each used on their own: never compared
+        compared = release.coregistered or not column.startswith(MODALITY_PREFIX)
         if reference is None:
             reference = (column, shape, affine)
-        elif column.startswith(MODALITY_PREFIX) and not release.coregistered:
-            pass  # separately acquired modalities: each one is used on its own
-        elif shape != reference[1]:
+        elif compared and shape != reference[1]:
             problems.append(Problem(f"{column} has shape {shape} but {reference[0]} has {reference[1]}; they must "
                                     "be voxel-aligned", subject.id, path))
-        elif affine is not None and reference[2] is not None and not np.allclose(affine, reference[2], atol=1e-3):
+        elif compared and affine is not None and reference[2] is not None and not np.allclose(affine, reference[2],
+                                                                                                 atol=1e-3):
             problems.append(Problem(f"{column} has another affine (orientation / voxel grid) than {reference[0]}; "
                                     "it is not on the image's grid", subject.id, path))
         if data is None:
@@ -298,9 +301,6 @@ def split_tables(subjects: Sequence[Subject], assigned: Mapping[str, str]) -> di
 
 # ---------------------------------------------------------------------------------------------------- writing
 def _csv_text(rows: list[dict[str, str]]) -> str:
-    import csv
-    import io
-
     columns = list(rows[0])
     for optional in ("mask", "mask_labels", "roi", "roi_labels"):  # drop columns that are empty everywhere
         if all(not r[optional] for r in rows):

@@ -75,8 +75,8 @@ from typing import ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
+from datamodules.preprocessing import filled_foreground
 from datamodules.releases.base import Problem, Release, ReleaseError, Subject, write_if_changed
 
 LAYOUT = """\
@@ -409,7 +409,7 @@ class FastMRIRelease(Release):
                     data = np.asarray(picture.convert("L"), dtype=np.float32)
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 return None, [Problem(f"unreadable image ({type(error).__name__}: {error})", file, png)]
-            return ndimage.binary_fill_holes(data > data.min()), []
+            return filled_foreground(data), []
         return None, []
 
     @staticmethod
