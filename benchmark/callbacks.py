@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -26,13 +21,17 @@ from benchmark.metrics import (
     add_vs_healthy,
     check_output,
 )
+from benchmark.metrics.subject_counts import SubjectCounts
 from benchmark.metrics.volumes import slices_per_subject
-from benchmark.naming import qualitative_name
+from benchmark.qualitative import N_SLICES
+from benchmark.qualitative_callback import QualitativeCallback
 from datamodules.base import AnomalyDataModule, DatasetSplits
 from lightning_modules.base import AnomalyOutput
 
 
-def _prefix(stage: str, variant: str | None) -> str:
+def stage_prefix(stage: str, variant: str | None) -> str:
+    """The metric-name prefix of a stage (``test``, ``calibration``, ...) and score variant: ``test[combi]``, or the
+    stage alone for a method without variants."""
     return stage if variant is None else f"{stage}[{variant}]"
 
 
@@ -45,8 +44,9 @@ class EvaluationCallback(pl.Callback):
     are torchmetrics states, so under DDP each rank accumulates its shard and ``compute`` syncs.
 
     A method with score variants gets a calibration and evaluators per variant. Results, keyed by variant
-    (``None`` for a method without variants): ``calibration``, ``results`` (nested metrics per test set) and
-    ``curves`` (ROC / PR curves and slice scores per test set).
+    (``None`` for a method without variants): ``calibration``, ``results`` (nested metrics per test set),
+    ``curves`` (ROC / PR curves and slice scores per test set) and ``subject_counts`` (per-subject counts per test
+    set, for the subject bootstrap; the same on every rank).
     """
 
     def __init__(self, method_name: str, settings: EvaluationSettings | None = None) -> None:
@@ -55,6 +55,7 @@ class EvaluationCallback(pl.Callback):
         self.calibration: dict[str | None, dict[str, Any]] = {}
         self.results: dict[str | None, dict[str, dict[str, Any]]] = {}
         self.curves: dict[str | None, dict[str, dict[str, Any]]] = {}
+        self.subject_counts: dict[str | None, dict[str, SubjectCounts]] = {}
         self._calibrators: dict[str | None, HealthyCalibration] = {}
         self._evaluators: dict[tuple[str | None, str], TestSetEvaluator] = {}
 
@@ -92,7 +93,7 @@ class EvaluationCallback(pl.Callback):
             return
         self.calibration = {variant: calibrator.compute() for variant, calibrator in self._calibrators.items()}
         self._calibrators = {}
-        scalars = {f"{_prefix('calibration', variant)}/{name}/{key}": value
+        scalars = {f"{stage_prefix('calibration', variant)}/{name}/{key}": value
                    for variant, calibration in self.calibration.items()
                    for name, entry in calibration["thresholds"].items()
                    for key, value in entry.items() if key != "target_fpr" and math.isfinite(value)}
@@ -111,7 +112,7 @@ class EvaluationCallback(pl.Callback):
             for name, layout in layouts.items():
                 self._evaluators[variant, name] = TestSetEvaluator(self.settings, layout, thresholds).to(
                     pl_module.device)
-        self.results, self.curves = {}, {}
+        self.results, self.curves, self.subject_counts = {}, {}, {}
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -124,20 +125,21 @@ class EvaluationCallback(pl.Callback):
         for (variant, name), evaluator in self._evaluators.items():
             self.results.setdefault(variant, {})[name], self.curves.setdefault(variant, {})[name] = \
                 evaluator.compute()
+            self.subject_counts.setdefault(variant, {})[name] = evaluator.subject_counts
         self._evaluators = {}
         for variant, results in self.results.items():
             add_vs_healthy(results, self.curves[variant])
         if trainer.logger is None or not trainer.is_global_zero:
             return
         trainer.logger.log_metrics(
-            {f"{_prefix('test', variant)}/{name}/{key}": value for variant, results in self.results.items()
+            {f"{stage_prefix('test', variant)}/{name}/{key}": value for variant, results in self.results.items()
              for name, result in results.items() for key, value in flatten_scalars(result).items()},
             step=trainer.global_step)
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is None:
             return
         for variant, results in self.results.items():
-            prefix = _prefix("test", variant)
+            prefix = stage_prefix("test", variant)
             for name, result in results.items():
                 curves = self.curves[variant][name]
                 _log_pr_curve(writer, f"{prefix}/{name}/pixel_pr_curve", curves["pr"], result["pixel"],
@@ -160,7 +162,9 @@ def flatten_scalars(result: dict[str, Any], prefix: str = "") -> dict[str, float
     return flat
 
 
-def _tensorboard(trainer: pl.Trainer):
+def tensorboard_writer(trainer: pl.Trainer):
+    """The ``SummaryWriter`` of the trainer's TensorBoard logger on the global-zero rank (``None`` elsewhere or
+    without one)."""
     if not trainer.is_global_zero:
         return None
     for logger in trainer.loggers:
@@ -202,64 +206,44 @@ def image_grid(batch: dict[str, Any], output: AnomalyOutput, max_rows: int = 8) 
 
 
 class ImageGridCallback(pl.Callback):
-    """Logs image grids (input / reconstruction / anomaly map / mask) and anomaly-map histograms to TensorBoard:
-    the first validation batch every ``every_n_epochs`` epochs and one batch of every test set, one grid per score
-    variant. Test grids are also saved as ``<default_root_dir>/figures/`` :func:`qualitative_name` for the report."""
+    """Logs image grids (input / reconstruction / anomaly map / mask) and anomaly-map histograms of the first
+    validation batch to TensorBoard every ``every_n_epochs`` epochs, one grid per score variant. At test time it
+    runs a :class:`~benchmark.qualitative_callback.QualitativeCallback`: the ``n_slices`` qualitative slices of
+    every test set, saved as ``figures/qualitative_<test set>.npz`` and ``.png`` for the report."""
 
-    def __init__(self, every_n_epochs: int = 1, max_rows: int = 8) -> None:
+    def __init__(self, every_n_epochs: int = 1, max_rows: int = 8, n_slices: int = N_SLICES) -> None:
         self.every_n_epochs = max(1, every_n_epochs)
         self.max_rows = max_rows
+        self.qualitative = QualitativeCallback(n_slices)
 
-    def _log(self, trainer: pl.Trainer, stage: str, test_set: str | None, batch: Any, outputs: Any) -> None:
-        if not trainer.is_global_zero or not isinstance(outputs, AnomalyOutput):
+    def _log(self, trainer: pl.Trainer, stage: str, batch: Any, outputs: Any) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not isinstance(outputs, AnomalyOutput):
             return
         for variant, output in outputs.by_variant().items():
-            self._log_one(trainer, _prefix(stage, variant), test_set, variant, batch, output)
-
-    def _log_one(self, trainer: pl.Trainer, prefix: str, test_set: str | None, variant: str | None, batch: Any,
-                 output: AnomalyOutput) -> None:
-        grid = image_grid(batch, output, self.max_rows)
-        if test_set is not None:
-            figures = Path(trainer.default_root_dir) / "figures"
-            figures.mkdir(parents=True, exist_ok=True)
-            plt.imsave(figures / qualitative_name(test_set, variant), grid[0].numpy(), cmap="gray", vmin=0.0,
-                       vmax=1.0)
-        writer = _tensorboard(trainer)
-        if writer is None:
-            return
-        tag = prefix if test_set is None else f"{prefix}/{test_set}"
-        writer.add_image(f"{tag}/input_reconstruction_map_mask", grid, global_step=trainer.global_step,
-                         dataformats="CHW")
-        roi = batch["roi"] > 0.5
-        values = output.anomaly_map.to(roi.device)[roi]
-        if values.numel():
-            writer.add_histogram(f"{tag}/anomaly_map_in_roi", values.float().cpu(), global_step=trainer.global_step)
+            tag = stage_prefix(stage, variant)
+            writer.add_image(f"{tag}/input_reconstruction_map_mask", image_grid(batch, output, self.max_rows),
+                             global_step=trainer.global_step, dataformats="CHW")
+            roi = batch["roi"] > 0.5
+            values = output.anomaly_map.to(roi.device)[roi]
+            if values.numel():
+                writer.add_histogram(f"{tag}/anomaly_map_in_roi", values.float().cpu(),
+                                     global_step=trainer.global_step)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
-            self._log(trainer, "val", None, batch, outputs)
+            self._log(trainer, "val", batch, outputs)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fallback: dict[int, tuple[Any, Any]] = {}
-        self._logged: set[int] = set()
+        self.qualitative.on_test_epoch_start(trainer, pl_module)
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Log the first batch of each test set that contains an anomalous slice (else its first batch)."""
-        if dataloader_idx in self._logged:
-            return
-        if bool((batch["label"] > 0).any()):
-            self._log(trainer, "test", trainer.datamodule.test_set_names[dataloader_idx], batch, outputs)
-            self._logged.add(dataloader_idx)
-        elif dataloader_idx not in self._fallback:
-            self._fallback[dataloader_idx] = (batch, outputs)
+        self.qualitative.on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for index, (batch, outputs) in self._fallback.items():
-            if index not in self._logged:
-                self._log(trainer, "test", trainer.datamodule.test_set_names[index], batch, outputs)
-        self._fallback.clear()
+        self.qualitative.on_test_epoch_end(trainer, pl_module)
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -2,7 +2,8 @@
 
 ``python run_benchmark.py`` runs the default sweep; ``sweep``, ``run``, ``leaderboard``, ``compare``, ``report``
 and ``list`` are the sub-commands. ``key=value`` arguments override any configuration value (see
-``benchmark/sweep.py``); ``--devices``, ``--precision`` and ``--backend`` are shortcuts for the common ones.
+``benchmark/sweep.py``); ``--devices``, ``--precision``, ``--backend`` and ``--workers`` are shortcuts for the
+common ones.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from benchmark.config import CONFIG_DIR, ConfigError, available
 from benchmark.io import read_json
 from benchmark.leaderboard import expand_variants
-from benchmark.runner import JobOutcome, is_rank_zero, run_from_job_file, run_sweep
+from benchmark.runner import run_from_job_file, run_sweep
+from benchmark.scheduling import JobOutcome, is_rank_zero
 from benchmark.sweep import Sweep, build_sweep, load_sweep
 from datamodules.errors import DataError
 
@@ -56,6 +58,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         shortcuts.append(f"trainer.precision={args.precision}")
     if args.backend:
         shortcuts.append(f"backend.kind={args.backend}")
+    if args.workers is not None:
+        shortcuts.append(f"backend.workers={args.workers}")
     return [*shortcuts, *args.overrides]
 
 
@@ -115,7 +119,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.job:  # one prepared job (a multi-device child process or a submitit worker)
+    if args.job:  # one prepared job (a multi-device child process, a local worker or a submitit worker)
+        from benchmark.workers import apply_threads, bind_to_parent
+
+        bind_to_parent()
+        if args.threads is not None:
+            apply_threads(args.threads)
         run_from_job_file(Path(args.job), progress=not args.quiet)
         return 0
     if not (args.method and args.dataset):
@@ -150,6 +159,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (new if new.is_dir() else new.parent) / "compare"
     result = compare(new, Path(args.against), out_dir=out, primary=args.primary)
     print(result.to_markdown())
+    print(f"[normbench] {result.summary()}")
     print(f"[normbench] comparison saved in {out}")
     return 0
 
@@ -209,6 +219,8 @@ def _options(top_level: bool) -> argparse.ArgumentParser:
                          help="e.g. bf16-mixed, 16-mixed (shortcut for trainer.precision=...)")
     options.add_argument("--backend", choices=("local", "submitit"), default=default(None),
                          help="shortcut for backend.kind=...")
+    options.add_argument("--workers", type=int, default=default(None),
+                         help="local jobs run at once, each in its own process (shortcut for backend.workers=N)")
     return options
 
 
@@ -236,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evaluation protocol (configs/evaluation: default, baur) or YAML path")
     run.add_argument("--sweep", default="adhoc", help="results go to RESULTS_DIR/SWEEP/runs/... (default: adhoc)")
     run.add_argument("--job", help=argparse.SUPPRESS)  # internal: run a prepared job.json
+    run.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # internal: torch threads of a --job process
     run.add_argument("overrides", **overrides)
     run.set_defaults(func=cmd_run)
 

@@ -5,6 +5,11 @@ written), ``against`` a leaderboard CSV (``results/reference/...``). Every new m
 reference method on every metric that both leaderboards hold, for every dataset x test set that both cover; a
 method present in both is also compared with its own reference numbers (a rerun check). Only completed
 numbers take part: rows of methods whose every seed failed (test set ``-``) are left out.
+
+Where both leaderboards have a bootstrap interval for a metric (``<metric>:ci_low`` / ``:ci_high``: pixel AUROC,
+AUPRC and calibrated Dice, see :mod:`benchmark.metrics.bootstrap`), the delta gets a ``verdict``: ``within noise``
+when the two intervals overlap, else ``better`` or ``worse`` (higher is better for all of them); empty for other
+metrics. Overlapping 95 % intervals are a conservative reading: a real but small difference can be called noise.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ REQUIRED_COLUMNS = ("method", "dataset", "test_set", "n_seeds")
 HEADLINE = ("pixel/auroc", "pixel/auprc", "pixel/best_dice[oracle_test]", "calibrated/healthy_fpr@5%/dice",
             "sample/auroc")
 DELTA_COLUMNS = ["dataset", "test_set", "metric", "new_method", "ref_method", "same_method", "new_mean", "new_std",
-                 "new_n_seeds", "ref_mean", "ref_std", "ref_n_seeds", "delta"]
+                 "new_ci_low", "new_ci_high", "new_n_seeds", "ref_mean", "ref_std", "ref_ci_low", "ref_ci_high",
+                 "ref_n_seeds", "delta", "verdict"]
+WITHIN_NOISE, BETTER, WORSE = "within noise", "better", "worse"
 
 
 # ---- loading --------------------------------------------------------------------------------------------------
@@ -56,24 +63,40 @@ def load_leaderboard(source: str | Path, primary: str = "pixel/auprc") -> pd.Dat
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------
+def _column(frame: pd.DataFrame, name: str) -> pd.Series | float:
+    return pd.to_numeric(frame[name], errors="coerce") if name in frame.columns else math.nan
+
+
 def _long(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """One row per method x dataset x test set x metric: mean, std, n_seeds."""
+    """One row per method x dataset x test set x metric: mean, std, interval, n_seeds."""
     parts = [frame[["method", *KEYS, "n_seeds"]].assign(
-        metric=metric, order=i, mean=frame[f"{metric}:mean"],
-        std=frame[f"{metric}:std"] if f"{metric}:std" in frame.columns else math.nan,
+        metric=metric, order=i, mean=frame[f"{metric}:mean"], std=_column(frame, f"{metric}:std"),
+        ci_low=_column(frame, f"{metric}:ci_low"), ci_high=_column(frame, f"{metric}:ci_high"),
     ) for i, metric in enumerate(metrics)]
     return pd.concat(parts, ignore_index=True)
+
+
+def verdict(new_low: float, new_high: float, ref_low: float, ref_high: float) -> str:
+    """``within noise`` when the intervals overlap, else ``better`` / ``worse`` (higher is better); ``""`` when
+    either interval is missing."""
+    if any(pd.isna(value) for value in (new_low, new_high, ref_low, ref_high)):
+        return ""
+    if new_low > ref_high:
+        return BETTER
+    return WORSE if new_high < ref_low else WITHIN_NOISE
 
 
 def delta_table(new: pd.DataFrame, ref: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """Every new method against every reference method, per dataset x test set x metric: ``delta = new - ref``."""
     merged = _long(new, metrics).merge(_long(ref, metrics).drop(columns="order"), on=[*KEYS, "metric"],
                                        suffixes=("_new", "_ref"))
-    merged = merged.rename(columns={"method_new": "new_method", "method_ref": "ref_method", "mean_new": "new_mean",
-                                    "std_new": "new_std", "n_seeds_new": "new_n_seeds", "mean_ref": "ref_mean",
-                                    "std_ref": "ref_std", "n_seeds_ref": "ref_n_seeds"})
+    merged = merged.rename(columns={f"{stat}_{side}": f"{side}_{stat}" for side in ("new", "ref")
+                                    for stat in ("mean", "std", "ci_low", "ci_high", "n_seeds")})
+    merged = merged.rename(columns={"method_new": "new_method", "method_ref": "ref_method"})
     merged["same_method"] = merged["new_method"] == merged["ref_method"]
     merged["delta"] = merged["new_mean"] - merged["ref_mean"]
+    merged["verdict"] = [verdict(*values) for values in zip(merged["new_ci_low"], merged["new_ci_high"],
+                                                            merged["ref_ci_low"], merged["ref_ci_high"], strict=True)]
     merged = merged.sort_values([*KEYS, "order", "new_method", "same_method", "ref_method"],
                                 ascending=[True, True, True, True, False, True], kind="stable")
     return merged[DELTA_COLUMNS].reset_index(drop=True)
@@ -199,10 +222,22 @@ class CompareResult:
         if chosen.empty:
             return []
         rows = [[r.dataset, r.test_set, r.metric, r.new_method, r.ref_method, _mean_std(r.new_mean, r.new_std),
-                 _mean_std(r.ref_mean, r.ref_std), _number(r.delta, signed=True)]
+                 _mean_std(r.ref_mean, r.ref_std), _number(r.delta, signed=True), r.verdict]
                 for r in chosen.itertuples(index=False)]
-        header = ["dataset", "test set", "metric", "new method", "reference method", "new", "reference", "delta"]
+        header = ["dataset", "test set", "metric", "new method", "reference method", "new", "reference", "delta",
+                  "verdict"]
         return ["", f"## {title}", "", markdown_table(header, rows)]
+
+    def summary(self) -> str:
+        """How many deltas with intervals on both sides are within noise, better or worse."""
+        verdicts = self.deltas["verdict"].fillna("")
+        counted = verdicts[verdicts != ""].value_counts()
+        total = int(counted.sum())
+        if not total:
+            return "No delta has bootstrap intervals on both sides (older leaderboards): no verdicts."
+        return (f"{int(counted.get(WITHIN_NOISE, 0))} of {total} differences with bootstrap intervals on both sides "
+                f"are within noise (the 95 % intervals overlap); {int(counted.get(BETTER, 0))} better, "
+                f"{int(counted.get(WORSE, 0))} worse.")
 
     def to_markdown(self) -> str:
         """Ranks, primary-metric deltas against every reference method, and headline metrics of reruns."""
@@ -211,7 +246,9 @@ class CompareResult:
                  "Mean ± std over seeds; delta = new - reference (higher is better for AUROC, AUPRC, Dice, precision "
                  "and recall; lower for FPR). "
                  "A rank places a new method among the other reference methods; `[oracle_test]` marks best Dice "
-                 "at a threshold chosen on the test labels (an upper bound).", "",
+                 "at a threshold chosen on the test labels (an upper bound). Verdict (AUROC, AUPRC, calibrated "
+                 "Dice): `within noise` when the two subject-bootstrap 95 % intervals overlap, else `better` / "
+                 "`worse`.", "", self.summary(), "",
                  *self._rank_section(),
                  *self._delta_section([self.primary], False, f"{self.primary}: new vs every reference method"),
                  *self._delta_section(headline, True, "Same method in both (rerun check): headline metrics")]

@@ -30,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from benchmark.callbacks import _tensorboard
+from benchmark.callbacks import tensorboard_writer
 from benchmark.metrics import MethodOutputError
 from benchmark.metrics.generative import best_ssim, protocol, ssim_defined, summarise
 from benchmark.naming import SAMPLE_FRAMES, SAMPLES_GIF, SAMPLES_PNG, sample_frame_name
@@ -225,7 +225,7 @@ class GenerativeQualityCallback(pl.Callback):
         grid = sample_grid(generate(trainer, pl_module, self._fixed_noise, self._shape(trainer), self.method_name))
         path.parent.mkdir(parents=True, exist_ok=True)
         to_pil(grid).save(path)
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is not None:
             writer.add_image("samples/fixed_noise", grid, global_step=trainer.global_step, dataformats="CHW")
 
@@ -255,7 +255,7 @@ class GenerativeQualityCallback(pl.Callback):
         self._figures(trainer).mkdir(parents=True, exist_ok=True)
         to_pil(grid).save(self._figures(trainer) / SAMPLES_PNG)
         self.result = self._score(samples, references, source)
-        writer = _tensorboard(trainer)
+        writer = tensorboard_writer(trainer)
         if writer is not None:
             writer.add_image("samples/evaluation", grid, global_step=trainer.global_step, dataformats="CHW")
         scalars = {f"generative/{key}": self.result[key] for key in ("ssim_max", "ssim_mean", "ssim_min")

@@ -2,9 +2,11 @@
 
 Run folder: ``config.yaml`` (resolved), ``checkpoints/`` (``last.ckpt`` + best on ``val/loss``),
 ``tensorboard/`` (losses, validation metrics, image grids, histograms, PR curves), ``curves.json`` (pixel ROC /
-PR curves per test set) and ``metrics.json`` (written last and atomically, so its presence means the job
-finished). A method with score variants (``AnomalyModule.score_variants``) gets ``variants`` in both files, one
-entry per scoring rule; the top-level ``test_sets`` / ``calibration`` / ``pixel`` are its primary (first) variant.
+PR curves per test set), ``subject_counts.npz`` (per-subject counts of every score variant and test set, for the
+subject bootstrap: :mod:`benchmark.metrics.subject_counts`) and ``metrics.json`` (written last and atomically, so
+its presence means the job finished). A method with score variants (``AnomalyModule.score_variants``) gets
+``variants`` in ``metrics.json`` and ``curves.json``, one entry per scoring rule; the top-level ``test_sets`` /
+``calibration`` / ``pixel`` are its primary (first) variant.
 A method that generates images (``GenerativeModel``) also gets ``figures/samples.png``,
 ``figures/samples_training.gif`` and ``generative`` (best-SSIM sample quality, one per run whatever the score
 variants) in ``metrics.json`` (``benchmark/generative.py``).
@@ -46,6 +48,8 @@ from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
 from benchmark.generative import GenerativeQualityCallback
 from benchmark.io import read_json, write_json, write_yaml
 from benchmark.metrics import EvaluationSettings
+from benchmark.metrics.bootstrap import DEFAULT_RESAMPLING
+from benchmark.metrics.subject_counts import SUBJECT_COUNTS_NAME, write_subject_counts
 from benchmark.normative import NormativeCallback, dataset_key
 from datamodules.base import AnomalyDataModule
 from lightning_modules.base import AnomalyModule, GenerativeModel
@@ -80,6 +84,25 @@ def upstream_run_dir(run_dir: Path, job: Job) -> Path:
 
 def describe_job(job: Job) -> str:
     return f"{job.method.name} / {job.dataset.name} / seed {job.seed}"
+
+
+def device_count(value: Any) -> int:
+    """Devices a Lightning ``devices`` / ``num_nodes`` value asks for (-1 when it depends on the machine)."""
+    if isinstance(value, list | tuple):
+        return len(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if "," in value:
+            return len([v for v in value.split(",") if v.strip()])
+        return int(value) if value.lstrip("-").isdigit() else -1
+    return int(value)
+
+
+def multi_device(job: Job) -> bool:
+    """Whether a job may span several processes (then it runs in a child process of its own)."""
+    trainer = job.profile.trainer
+    devices, nodes = device_count(trainer.get("devices", 1)), device_count(trainer.get("num_nodes", 1))
+    return devices != 1 or nodes != 1
 
 
 def job_key(job: Job) -> str:
@@ -327,6 +350,7 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
             "best_dice_threshold_source": "oracle_test (upper bound: chosen on the test labels)",
             "checkpoint": Path(test_ckpt).name if test_ckpt else "final weights",
             "sample_label": "slice with mask area >= min_lesion_pixels",
+            "bootstrap": DEFAULT_RESAMPLING.describe(),  # pixel.ci95 / calibrated.<t>.dice_ci95 of every test set
         },
         "run": {
             "wall_time_s": time.perf_counter() - started,
@@ -362,5 +386,8 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     if trainer.is_global_zero:
         _log_hparams(trainer, job, metrics)
         write_json(run_dir / "curves.json", curves)
+        write_subject_counts(run_dir / SUBJECT_COUNTS_NAME, {
+            (variant, name): counts for variant, sets in evaluation.subject_counts.items()
+            for name, counts in sets.items()}, metrics["key"])
         write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
     return metrics

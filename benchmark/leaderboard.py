@@ -12,10 +12,21 @@ the same time never leave a torn file. Columns, in this order:
   set, see :func:`group_primary`); ``n_seeds`` / ``seeds``: the
   completed seeds behind the numbers; ``status``: ``completed``, ``partial: 1/3 failed`` or ``failed``.
   A method x dataset whose every seed failed keeps one row, test set ``-``, with its failures.
+* ``beats_random, p_vs_random``: the paired subject-bootstrap test of this entry against the entry named
+  ``random`` of the same dataset x test set on that group's rank metric (:func:`group_primary`):
+  ``p_vs_random = (1 + #{b : T_entry(b) - T_random(b) <= 0}) / (B + 1)`` over the bootstrap replicates ``b``
+  (:mod:`benchmark.metrics.bootstrap`), ``beats_random`` ``true`` when ``p < alpha`` (0.05), else ``false``;
+  ``n.a.`` (and an empty p) for ``random`` itself, without a ``random`` entry, for a rank metric without
+  per-subject counts (sample-level metrics such as ``sample/vs_healthy/auroc``; runs without
+  ``subject_counts.npz``) or undefined on this test set (no lesion pixels).
 * ``<metric>:mean, <metric>:std`` for every metric of :func:`flatten_metrics` (``pixel/auprc``,
   ``calibrated/healthy_fpr@5%/dice``, ``lesion_size/small/best_dice[oracle_test]``, ...); std is the sample std
   (ddof 1), NaN with one seed. A null (undefined) value in any seed makes the mean NaN: no metric is averaged
-  over fewer seeds than ``n_seeds`` says.
+  over fewer seeds than ``n_seeds`` says. ``pixel/auroc``, ``pixel/auprc`` and every ``calibrated/<t>/dice`` are
+  followed by ``<metric>:ci_low, <metric>:ci_high``: the 95 % percentile interval of the two-level bootstrap
+  (seeds and test subjects drawn with replacement, the mean over drawn seeds of each seed's metric on the pooled
+  counts of the drawn subjects; :mod:`benchmark.metrics.bootstrap`) from each run's ``subject_counts.npz``; NaN
+  when a seed has no such file (older runs) or the metric is undefined.
 * ``wall_time_s, train_time_s, test_time_s, n_parameters, train_images_per_s, inference_images_per_s``: means
   over the completed seeds (over the failed ones when none completed), of the values present.
 * ``generative/ssim_max, generative/ssim_mean, generative/ssim_min``: a generative method's sample quality
@@ -33,7 +44,9 @@ import json
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +55,18 @@ import pandas as pd
 from filelock import FileLock
 
 from benchmark.io import atomic_write_text
+from benchmark.metrics.bootstrap import (
+    DEFAULT_RESAMPLING,
+    PIXEL_METRICS,
+    Resampling,
+    combine_seeds,
+    paired_p_value,
+    percentile_interval,
+    replicate_metrics,
+    seed_weights,
+    subject_weights,
+)
+from benchmark.metrics.subject_counts import SUBJECT_COUNTS_NAME, SubjectCounts, read_subject_counts
 from benchmark.naming import variant_method
 
 RUN_PATTERN = "runs/*/*/seed_*/metrics.json"
@@ -50,6 +75,10 @@ NO_TEST_SET = "-"
 ORACLE_SUFFIX = "[oracle_test]"  # best Dice: threshold chosen on the test labels (an upper bound)
 SKIPPED_KEYS = frozenset({"notes", "score_distribution"})
 ID_COLUMNS = ("method", "dataset", "test_set", "rank", "n_seeds", "seeds", "status", "failures")
+TEST_COLUMNS = ("beats_random", "p_vs_random")
+INTERVAL_STATS = ("ci_low", "ci_high")
+REFERENCE_METHOD = "random"  # the entry every other entry is tested against
+NOT_AVAILABLE = "n.a."
 RUN_COLUMNS = ("wall_time_s", "train_time_s", "test_time_s", "n_parameters", "train_images_per_s",
                "inference_images_per_s")
 GENERATIVE_COLUMNS = ("generative/ssim_max", "generative/ssim_mean", "generative/ssim_min")  # metrics["generative"]
@@ -278,7 +307,116 @@ def _aggregate(flat: list[dict[str, float]], names: list[str]) -> dict[str, floa
     return row
 
 
-def _group_rows(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+# ---- subject bootstrap ----------------------------------------------------------------------------------------
+def interval_metrics(names: Iterable[str]) -> list[str]:
+    """The metrics with bootstrap intervals: pixel AUROC / AUPRC and the pooled Dice at each calibrated threshold."""
+    return [name for name in names if name in PIXEL_METRICS or re.fullmatch(r"calibrated/[^/]+/dice", name)]
+
+
+@dataclass(frozen=True)
+class EntryReplicates:
+    """The bootstrap replicates ``{metric: [B]}`` of one entry x dataset x test set, and its test subjects."""
+
+    subjects: tuple[str, ...]
+    values: dict[str, np.ndarray]
+
+
+SeedReplicates = tuple[tuple[str, ...], dict[str, np.ndarray]]  # one run's test subjects and replicate metrics
+_SEED_CACHE: OrderedDict[tuple[Any, ...], SeedReplicates | None] = OrderedDict()
+SEED_CACHE_SIZE = 1024  # runs x variants x test sets kept across builds (about 40 KB each with B = 1000)
+
+
+class SubjectBootstrap:
+    """The two-level bootstrap of every entry from its runs' ``subject_counts.npz``.
+
+    Each run's replicate metrics (on the shared subject draws) are kept in a small in-process cache keyed by the
+    file's path, size and modification time, so a sweep runner that rebuilds the leaderboard after every job only
+    resamples the new runs."""
+
+    def __init__(self, resampling: Resampling = DEFAULT_RESAMPLING) -> None:
+        self.resampling = resampling
+        self.entries: dict[tuple[str, str, str], EntryReplicates] = {}  # (dataset, test set, method)
+        self._files: dict[Path, dict[tuple[str | None, str], SubjectCounts] | None] = {}
+        self._weights: dict[int, np.ndarray] = {}
+
+    def _subject_weights(self, n_subjects: int) -> np.ndarray:
+        if n_subjects not in self._weights:
+            self._weights[n_subjects] = subject_weights(n_subjects, self.resampling)
+        return self._weights[n_subjects]
+
+    def _compute(self, path: Path, run: dict[str, Any], test_set: str) -> SeedReplicates | None:
+        if path not in self._files:  # read once per build, whatever the variants and test sets
+            self._files[path] = read_subject_counts(path, run.get("key"))
+        counts = (self._files[path] or {}).get((run.get("variant"), test_set))
+        if counts is None or not counts.subjects:
+            return None
+        return counts.subjects, replicate_metrics(counts, self._subject_weights(len(counts.subjects)))
+
+    def _seed(self, run: dict[str, Any], test_set: str) -> SeedReplicates | None:
+        """One run's replicate metrics on one test set (``None`` without counts)."""
+        path = Path(run["run_dir"]) / SUBJECT_COUNTS_NAME
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, run.get("key"), run.get("variant"), test_set,
+               self.resampling)
+        if key in _SEED_CACHE:
+            _SEED_CACHE.move_to_end(key)
+            return _SEED_CACHE[key]
+        value = _SEED_CACHE[key] = self._compute(path, run, test_set)
+        while len(_SEED_CACHE) > SEED_CACHE_SIZE:
+            _SEED_CACHE.popitem(last=False)
+        return value
+
+    def add(self, runs: list[dict[str, Any]], dataset: str, test_set: str, method: str) -> dict[str, np.ndarray]:
+        """The replicates of one entry from its completed runs (``{}`` unless every run has counts of the same
+        subjects for this test set); kept in :attr:`entries` for the paired tests."""
+        seeds = [self._seed(run, test_set) for run in runs]
+        if not seeds or any(seed is None for seed in seeds):
+            return {}
+        subjects = seeds[0][0]
+        if any(seed[0] != subjects for seed in seeds):
+            return {}
+        values = combine_seeds([seed[1] for seed in seeds], seed_weights(len(seeds), method, self.resampling))
+        self.entries[dataset, test_set, method] = EntryReplicates(subjects, values)
+        return values
+
+    def intervals(self, values: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
+        """``<metric>:ci_low`` / ``:ci_high`` of every interval metric (NaN without replicates)."""
+        row: dict[str, float] = {}
+        for name in names:
+            low, high = (percentile_interval(values[name], self.resampling.alpha) if name in values
+                         else (math.nan, math.nan))
+            row[f"{name}:ci_low"], row[f"{name}:ci_high"] = low, high
+        return row
+
+    def test(self, dataset: str, test_set: str, method: str, metric: str) -> float:
+        """p-value of the paired test of ``method`` against ``random`` on ``metric`` (NaN: not available)."""
+        entry = self.entries.get((dataset, test_set, method))
+        reference = self.entries.get((dataset, test_set, REFERENCE_METHOD))
+        if method == REFERENCE_METHOD or entry is None or reference is None or entry.subjects != reference.subjects:
+            return math.nan
+        if metric not in entry.values or metric not in reference.values:
+            return math.nan
+        return paired_p_value(entry.values[metric], reference.values[metric])
+
+
+def _random_tests(frame: pd.DataFrame, primary: str | None, bootstrap: SubjectBootstrap) -> pd.DataFrame:
+    """``beats_random`` and ``p_vs_random`` of every row, on each dataset x test set's rank metric."""
+    tests = pd.DataFrame({"beats_random": NOT_AVAILABLE, "p_vs_random": math.nan}, index=frame.index)
+    if primary is None or frame.empty:
+        return tests
+    for (dataset, test_set), block in frame.groupby(["dataset", "test_set"]):
+        metric = group_primary(block, primary)
+        for index, method in block["method"].items():
+            p = bootstrap.test(str(dataset), str(test_set), str(method), metric)
+            if math.isfinite(p):
+                tests.loc[index] = ["true" if p < bootstrap.resampling.alpha else "false", p]
+    return tests
+
+
+def _group_rows(runs: list[dict[str, Any]], names: list[str], bootstrap: SubjectBootstrap) -> list[dict[str, Any]]:
     """Rows of one method x dataset (its runs sorted by seed)."""
     completed = [run for run in runs if run.get("status") == "completed"]
     failed = [run for run in runs if run.get("status") != "completed"]
@@ -291,9 +429,10 @@ def _group_rows(runs: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
     for test_set in test_sets:
         having = [run for run in completed if test_set in run["test_sets"]]
         flat = [flatten_metrics(run["test_sets"][test_set]) for run in having]
+        replicates = bootstrap.add(having, common["dataset"], str(test_set), common["method"])
         rows.append({**common, "test_set": str(test_set), "n_seeds": len(having),
-                     "seeds": ";".join(str(run["seed"]) for run in having),
-                     **_aggregate(flat, names), **_run_columns(having)})
+                     "seeds": ";".join(str(run["seed"]) for run in having), **_aggregate(flat, names),
+                     **bootstrap.intervals(replicates, interval_metrics(names)), **_run_columns(having)})
     return rows
 
 
@@ -309,8 +448,11 @@ def _ranks(frame: pd.DataFrame, primary: str | None) -> pd.Series:
 
 def columns(names: list[str]) -> list[str]:
     """The leaderboard's column order for these metric names."""
-    stats = [f"{name}:{stat}" for name in names for stat in ("mean", "std")]
-    return [*ID_COLUMNS, *stats, *RUN_COLUMNS, *GENERATIVE_COLUMNS, *(column for column, _ in INFO_COLUMNS)]
+    with_intervals = set(interval_metrics(names))
+    stats = [f"{name}:{stat}" for name in names
+             for stat in ("mean", "std", *(INTERVAL_STATS if name in with_intervals else ()))]
+    return [*ID_COLUMNS, *TEST_COLUMNS, *stats, *RUN_COLUMNS, *GENERATIVE_COLUMNS,
+            *(column for column, _ in INFO_COLUMNS)]
 
 
 def build_leaderboard(sweep_dir: str | Path, primary: str = "pixel/auprc") -> pd.DataFrame:
@@ -326,9 +468,11 @@ def build_leaderboard(sweep_dir: str | Path, primary: str = "pixel/auprc") -> pd
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault((str(run["dataset"]), str(run["method"])), []).append(run)
-    rows = [row for group in groups.values() for row in _group_rows(group, names)]
+    bootstrap = SubjectBootstrap()
+    rows = [row for group in groups.values() for row in _group_rows(group, names, bootstrap)]
     frame = pd.DataFrame(rows, columns=columns(names))
     frame["rank"] = _ranks(frame, checked)
+    frame[list(TEST_COLUMNS)] = _random_tests(frame, checked, bootstrap)
     frame["n_seeds"] = frame["n_seeds"].astype("int64")
     frame = frame.sort_values(["dataset", "test_set", "rank", "method"], na_position="last", kind="stable")
     return frame.reset_index(drop=True)
@@ -345,7 +489,8 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write it with `run_benchmark.py leaderboard SWEEP_DIR`")
-    text_columns = {"method": str, "dataset": str, "test_set": str, "seeds": str, "status": str, "failures": str}
+    text_columns = {"method": str, "dataset": str, "test_set": str, "seeds": str, "status": str, "failures": str,
+                    "beats_random": str}
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text_columns)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:

@@ -9,8 +9,15 @@ def variant_method(method: str, variant: str | None) -> str:
 
 
 def qualitative_name(test_set: str, variant: str | None = None) -> str:
-    """File name of a saved test grid: ``qualitative_<test set>.png`` or ``qualitative_<test set>[<variant>].png``."""
+    """File name of a run's qualitative grid: ``qualitative_<test set>.png`` or
+    ``qualitative_<test set>[<variant>].png``."""
     return f"qualitative_{test_set}.png" if variant is None else f"qualitative_{test_set}[{variant}].png"
+
+
+def qualitative_arrays_name(test_set: str) -> str:
+    """File name of a run's qualitative slices (``benchmark/qualitative.py``; every variant in one file):
+    ``qualitative_<test set>.npz``."""
+    return f"qualitative_{test_set}.npz"
 
 
 # generative methods (``benchmark/generative.py`` writes them under a run's ``figures/``, the report reads them)

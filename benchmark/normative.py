@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from benchmark.callbacks import EvaluationCallback, _prefix, flatten_scalars
+from benchmark.callbacks import EvaluationCallback, flatten_scalars, stage_prefix
 from benchmark.metrics.features import healthy_encoder_features, load_inception
 from benchmark.metrics.lesions import batch_components, detect_lesions, summarise_detection
 from benchmark.metrics.normative import (
@@ -319,7 +319,7 @@ class NormativeCallback(pl.Callback):
         for variant, results in self.evaluation.results.items():
             for name, result in results.items():
                 added = {key: result[key] for key in ("normative", "detection") if key in result}
-                scalars.update({f"{_prefix('test', variant)}/{name}/{key}": value
+                scalars.update({f"{stage_prefix('test', variant)}/{name}/{key}": value
                                 for key, value in flatten_scalars(added).items()})
         if scalars:
             trainer.logger.log_metrics(scalars, step=trainer.global_step)

@@ -19,19 +19,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from benchmark.markdown import markdown_table
 from benchmark.naming import SAMPLES_GIF, SAMPLES_PNG
-from benchmark.report import (
+from benchmark.report_common import (
     FIGURES,
     NA,
-    Run,
-    Sweep,
-    _figure,
-    _image,
-    _link,
-    _save,
-    _slug,
-    _unique,
     format_mean_std,
+    image_link,
+    new_figure,
+    relative_link,
+    save_figure,
+    slug,
+    unique,
 )
+from benchmark.report_sweep import Run, Sweep
 
 SSIM_COLUMNS = (("SSIM max", "ssim_max"), ("SSIM mean", "ssim_mean"), ("SSIM min", "ssim_min"))
 LOSS_TAGS = {  # label -> TensorBoard tags, first found wins (``_step``: logged with on_step and on_epoch)
@@ -108,7 +107,7 @@ def _stats(runs: list[Run], key: str) -> tuple[float, float]:
 
 
 def _distinct(runs: list[Run], key: str) -> str:
-    return " / ".join(_unique(str(value) for run in runs
+    return " / ".join(unique(str(value) for run in runs
                               if (value := (generative_result(run) or {}).get(key)) is not None)) or NA
 
 
@@ -130,8 +129,8 @@ def _samples_rows(found: dict[str, list[Run]], root: Path) -> list[list[str]]:
         if run is None:
             continue
         gif = run.path / FIGURES / SAMPLES_GIF
-        training = f"[{SAMPLES_GIF}]({_link(gif, root)})" if gif.is_file() else NA
-        rows.append([method, str(run.seed), _image(f"{method} samples", run.path / FIGURES / SAMPLES_PNG, root),
+        training = f"[{SAMPLES_GIF}]({relative_link(gif, root)})" if gif.is_file() else NA
+        rows.append([method, str(run.seed), image_link(f"{method} samples", run.path / FIGURES / SAMPLES_PNG, root),
                      training])
     return rows
 
@@ -153,7 +152,7 @@ def plot_losses(chosen: dict[str, tuple[Run, Curves]], title: str, path: Path) -
         return False
     columns = min(PANELS_PER_ROW, len(chosen))
     rows = math.ceil(len(chosen) / columns)
-    fig, axes = _figure(rows, columns, (3.6, 2.4), (0.7, 0.2, 0.55, 0.6), (0.7, 0.7))
+    fig, axes = new_figure(rows, columns, (3.6, 2.4), (0.7, 0.2, 0.55, 0.6), (0.7, 0.7))
     for index, ax in enumerate(axes.ravel()):
         if index >= len(chosen):
             ax.set_axis_off()
@@ -166,7 +165,7 @@ def plot_losses(chosen: dict[str, tuple[Run, Curves]], title: str, path: Path) -
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -186,9 +185,9 @@ def generative_section(sweep: Sweep, dataset: str) -> list[str]:
         lines += ["Samples of the lowest seed (a fixed-noise grid over training in the GIF):", "",
                   markdown_table(["method", "seed", "samples", "training"], rows), ""]
     chosen = chosen_losses(found)
-    path = sweep.root / FIGURES / f"gan_losses_{_slug(dataset)}.png"
+    path = sweep.root / FIGURES / f"gan_losses_{slug(dataset)}.png"
     if plot_losses(chosen, f"{dataset}: generator and discriminator losses", path):
-        lines += [_image(f"{dataset} generator and discriminator losses", path, sweep.root), ""]
+        lines += [image_link(f"{dataset} generator and discriminator losses", path, sweep.root), ""]
     absent = [f"`{method}`" for method in found if method not in chosen]
     if absent:
         lines += [f"No generator / discriminator losses in the TensorBoard logs of {', '.join(absent)}.", ""]

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from benchmark.markdown import markdown_table
-from benchmark.report import FIGURES, NA, Run, Sweep, _figure, _image, _save, _slug, format_mean_std
+from benchmark.report_common import FIGURES, NA, format_mean_std, image_link, new_figure, save_figure, slug
+from benchmark.report_sweep import Run, Sweep
 
 INDICES = (("RQI", "rqi"), ("AHI", "ahi_mean"), ("CACI", "caci_mean"), ("composite", "composite_mean"))
 COLORS = {"RQI": "tab:blue", "AHI": "tab:orange", "CACI": "tab:green", "composite": "tab:gray"}
@@ -65,7 +66,7 @@ def plot_indices(found: dict[str, list[Run]], title: str, path: Path) -> bool:
     methods = [m for m, runs in found.items() if any(np.isfinite(_stats(runs, key)[0]) for _, key in INDICES)]
     if not methods:
         return False
-    fig, axes = _figure(1, 1, (max(4.0, 0.9 * len(methods) + 1.0), 2.8), (0.6, 0.2, 0.9, 0.4))
+    fig, axes = new_figure(1, 1, (max(4.0, 0.9 * len(methods) + 1.0), 2.8), (0.6, 0.2, 0.9, 0.4))
     ax, width = axes[0][0], 0.8 / len(INDICES)
     for i, (label, key) in enumerate(INDICES):
         stats = [_stats(found[m], key) for m in methods]
@@ -77,7 +78,7 @@ def plot_indices(found: dict[str, list[Run]], title: str, path: Path) -> bool:
     ax.set_ylabel("index (higher is better)", fontsize=8)
     ax.legend(fontsize=7, ncol=len(INDICES), loc="upper center", bbox_to_anchor=(0.5, 1.2))
     ax.set_title(title, fontsize=9, pad=22)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -96,7 +97,7 @@ def normative_section(sweep: Sweep, dataset: str) -> list[str]:
                             "note"], rows, "lr" + "r" * len(INDICES) + "lll")
     lines = ["### Normative learning", "", "RQI on the healthy test set; AHI, CACI and composite averaged over the "
              "lesion test sets (per test set in the leaderboard's `normative/*` columns).", "", table, ""]
-    path = sweep.root / FIGURES / f"normative_{_slug(dataset)}.png"
+    path = sweep.root / FIGURES / f"normative_{slug(dataset)}.png"
     if plot_indices(found, f"{dataset}: normative-learning indices", path):
-        lines += [_image(f"normative indices {dataset}", path, sweep.root), ""]
+        lines += [image_link(f"normative indices {dataset}", path, sweep.root), ""]
     return lines

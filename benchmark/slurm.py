@@ -2,11 +2,12 @@
 
 Backend options (sweep YAML ``backend:`` or ``backend.<key>=`` overrides): ``cluster`` (slurm, local, debug),
 ``partition``, ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ``timeout_min``, ``array_parallelism``,
-``additional_parameters``. Each run is submitted as ``run_from_job_file(<run dir>/job.json)``: the worker rebuilds
-the job from its folder, runs it with the same failure isolation as the local backend and writes its files
-there; the leaderboard is rewritten (under its file lock) as each run finishes. A multi-device job asks SLURM for
-one task per device, which Lightning's SLURM environment turns into a DDP run. Jobs that evaluate another job's
-weights are submitted in a later wave than their upstream (see :func:`run_with_submitit`).
+``additional_parameters``. Each run is submitted as the runner's ``run_from_job_file(<run dir>/job.json)`` (passed
+in: this module does not import the runner): the worker rebuilds the job from its folder, runs it with the same
+failure isolation as the local backend and writes its files there; the leaderboard is rewritten (under its file
+lock) as each run finishes. A multi-device job asks SLURM for one task per device, which Lightning's SLURM
+environment turns into a DDP run. Jobs that evaluate another job's weights are submitted in a later wave than their
+upstream (see :func:`run_with_submitit`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmark.job import Job, describe_job, upstream_run_dir
-from benchmark.runner import (
+from benchmark.job import Job, describe_job, device_count, upstream_run_dir
+from benchmark.scheduling import (
     JOB_FILE,
     JobOutcome,
     SweepProgress,
-    device_count,
-    prepare_run_dir,
     record_failure,
-    run_from_job_file,
+    unfinished_jobs,
     upstream_failure,
 )
 from benchmark.sweep import Sweep
+
+RunJobFile = Callable[[Path, bool], Any]  # (job.json, progress) -> anything; raises when the job failed
 
 
 def executor_parameters(backend: dict[str, Any], job: Job) -> dict[str, Any]:
@@ -49,9 +50,12 @@ def executor_parameters(backend: dict[str, Any], job: Job) -> dict[str, Any]:
     return parameters
 
 
-def run_with_submitit(sweep: Sweep, sweep_dir: Path, after_job: Callable[[Path], None] | None = None
-                      ) -> list[JobOutcome]:
+def run_with_submitit(sweep: Sweep, sweep_dir: Path, run_job_file: RunJobFile,
+                      after_job: Callable[[Path], None] | None = None) -> list[JobOutcome]:
     """Submit every unfinished job, wait for all, and return their outcomes (failures recorded, not raised).
+
+    Each submitted job runs ``run_job_file(<run dir>/job.json, False)`` (the runner passes its
+    ``run_from_job_file``; it must be importable by the workers, which unpickle it).
 
     Jobs that evaluate another job's weights go in later waves: first every unfinished upstream (also those that
     are not jobs of the sweep, each once) with every independent job, then, once those are done, the jobs that
@@ -62,21 +66,8 @@ def run_with_submitit(sweep: Sweep, sweep_dir: Path, after_job: Callable[[Path],
     cluster = None if sweep.backend["cluster"] == "slurm" else sweep.backend["cluster"]
     executor = submitit.AutoExecutor(folder=sweep_dir / "submitit" / "%j", cluster=cluster)
     tracker = SweepProgress(len(sweep.jobs))
-    outcomes: dict[Path, JobOutcome] = {}  # by run folder: the sweep's jobs and their upstreams
-    todo: dict[Path, Job] = {}  # unfinished, each upstream before its dependents
-
-    def visit(job: Job, run_dir: Path) -> None:
-        if run_dir in outcomes or run_dir in todo:
-            return
-        if prepare_run_dir(job, run_dir) == "finished":
-            outcomes[run_dir] = JobOutcome(job, "skipped")
-            return
-        if job.upstream is not None:  # only for an unfinished dependent: a finished one needs nothing
-            visit(job.upstream, upstream_run_dir(run_dir, job))
-        todo[run_dir] = job
-
-    for job in sweep.jobs:
-        visit(job, job.run_dir(sweep_dir.parent, sweep.name))
+    # by run folder: the sweep's jobs and their upstreams; unfinished ones in todo, each upstream before its dependents
+    outcomes, todo = unfinished_jobs(sweep, sweep_dir)
     wave_number = 0
     while todo:
         waiting = len(todo)
@@ -104,7 +95,7 @@ def run_with_submitit(sweep: Sweep, sweep_dir: Path, after_job: Callable[[Path],
         # every job of a sweep shares its trainer profile, hence its resources: one job array per wave
         executor.update_parameters(name=f"normbench-{sweep.name}", **executor_parameters(sweep.backend, wave[0][0]))
         with executor.batch():
-            handles = [executor.submit(run_from_job_file, run_dir / JOB_FILE, False) for _, run_dir in wave]
+            handles = [executor.submit(run_job_file, run_dir / JOB_FILE, False) for _, run_dir in wave]
         tracker.console.print(f"[normbench] submitted {len(wave)} job(s) with submitit ({sweep.backend['cluster']}, "
                               f"wave {wave_number}); logs in {sweep_dir / 'submitit'}")
         for (job, run_dir), handle in zip(wave, handles, strict=True):

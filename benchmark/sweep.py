@@ -10,7 +10,7 @@
     primary_metric: pixel/auprc        # leaderboard rank
     overrides: ["trainer.max_epochs=5"]
     exclude: [{method: ascnet, dataset: digits}]   # pairs left out (a method that needs an unlabelled pool)
-    backend: {kind: local}             # or kind: submitit (see benchmark/runner.py)
+    backend: {kind: local}             # or {kind: local, workers: 2}, or kind: submitit (see benchmark/runner.py)
 
 Grid entries run one config under several argument values. An entry of ``methods`` or ``datasets`` is either a
 config name (or YAML path) or a mapping with exactly one key, the config name or path, whose value maps
@@ -44,7 +44,7 @@ Command-line overrides ``key=value`` (values parsed as YAML) refine a sweep befo
 ``methods.ae.lr=0.001``          an ``init_args`` entry of one method of the sweep
 ``datasets.synthetic_brain.batch_size=16``  an ``init_args`` entry of one dataset of the sweep
 ``evaluation.fpr_targets=[0.05]``  a key of the evaluation protocol
-``backend.array_parallelism=4``   a backend option
+``backend.array_parallelism=4``   a backend option (``backend.workers=2``: two local jobs at once)
 ==============================  ===========================================================================
 
 In ``methods.<name>.<arg>=v`` and ``datasets.<name>.<arg>=v``, ``<name>`` is a variant's full name (that variant
@@ -88,7 +88,7 @@ from benchmark.config import (
     load_trainer_profile,
     load_yaml,
 )
-from benchmark.job import Job
+from benchmark.job import Job, multi_device
 from benchmark.metrics import EvaluationSettings
 from benchmark.metrics.settings import EVALUATION_KEYS
 from lightning_modules.base import AnomalyModule
@@ -105,7 +105,7 @@ SWEEP_KEYS = {
     "backend": "how jobs run: {kind: local} or {kind: submitit, ...}",
 }
 BACKEND_KEYS = {
-    "kind": "local (this process) or submitit (one SLURM job per run)",
+    "kind": "local (this machine: this process, or worker processes) or submitit (one SLURM job per run)",
     "cluster": "submitit cluster: slurm, local (subprocesses, for tests) or debug (in this process)",
     "partition": "SLURM partition",
     "gpus_per_node": "GPUs per job",
@@ -114,9 +114,12 @@ BACKEND_KEYS = {
     "timeout_min": "time limit per job in minutes",
     "array_parallelism": "jobs of the array running at once",
     "additional_parameters": "extra SLURM parameters (mapping)",
+    "workers": "local jobs run at once, each in a child process (1: one after another in this process)",
+    "threads_per_worker": "torch threads of each local job (default with workers > 1: CPU cores // workers)",
 }
 DEFAULT_BACKEND = {"kind": "local", "cluster": "slurm", "partition": None, "gpus_per_node": 1, "cpus_per_task": 8,
-                   "mem_gb": 32, "timeout_min": 240, "array_parallelism": 8, "additional_parameters": {}}
+                   "mem_gb": 32, "timeout_min": 240, "array_parallelism": 8, "additional_parameters": {},
+                   "workers": 1, "threads_per_worker": None}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -200,14 +203,47 @@ def build_sweep(name: str, data: dict[str, Any], overrides: list[str], source: s
         evaluation = EvaluationSettings.from_mapping(evaluation_mapping, evaluation.name)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source}: evaluation: {error}") from error
-    if backend["kind"] not in ("local", "submitit"):
-        raise ConfigError(f"{source}: backend.kind must be local or submitit, got {backend['kind']!r}")
+    _check_backend(backend, source)
     excluded = _exclusions(data.get("exclude") or [], methods, datasets, source)
     jobs = [Job(method, dataset, profile, seed, evaluation)
             for dataset, dataset_names in datasets for method, method_names in methods
             if not any(_matches(rule, method_names, dataset_names) for rule in excluded) for seed in seeds]
     _link_upstreams(jobs, methods)
+    _check_workers(backend, jobs, source)
     return Sweep(name, jobs, str(data.get("primary_metric", "pixel/auprc")), backend, source)
+
+
+# ---- backend --------------------------------------------------------------------------------------------------
+def _check_backend(backend: dict[str, Any], source: str) -> None:
+    """ConfigError (naming the key) for a backend ``kind`` or local worker option that cannot work."""
+    if backend["kind"] not in ("local", "submitit"):
+        raise ConfigError(f"{source}: backend.kind must be local or submitit, got {backend['kind']!r}")
+    for key in ("workers", "threads_per_worker"):
+        value = backend[key]
+        if (value is not None or key == "workers") and not _positive_int(value):
+            raise ConfigError(f"{source}: backend.{key} must be a positive integer, got {value!r} "
+                              f"({BACKEND_KEYS[key]})")
+    if backend["workers"] > 1 and backend["kind"] != "local":
+        raise ConfigError(f"{source}: backend.workers = {backend['workers']} runs jobs in local worker processes, "
+                          f"but backend.kind is {backend['kind']}; drop workers (submitit runs jobs in parallel "
+                          "itself: array_parallelism) or use kind: local")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_workers(backend: dict[str, Any], jobs: list[Job], source: str) -> None:
+    """Local workers run single-device jobs only: a multi-device job starts processes of its own (DDP)."""
+    if backend["workers"] == 1:
+        return
+    spread = next((job for job in jobs if multi_device(job)), None)
+    if spread is not None:
+        trainer = spread.profile.trainer
+        raise ConfigError(f"{source}: backend.workers = {backend['workers']} runs several jobs at once, each in one "
+                          f"process, but the jobs span several devices (trainer.devices = "
+                          f"{trainer.get('devices', 1)!r}, trainer.num_nodes = {trainer.get('num_nodes', 1)!r}); "
+                          "use workers: 1 for multi-device jobs, or trainer.devices=1")
 
 
 # ---- reused weights -------------------------------------------------------------------------------------------
@@ -284,19 +320,33 @@ def _link_upstreams(jobs: list[Job], methods: list[tuple[ComponentConfig, set[st
 def _exclusions(rules: Any, methods: list[tuple[ComponentConfig, set[str]]],
                 datasets: list[tuple[ComponentConfig, set[str]]], source: str) -> list[dict[str, str]]:
     """The checked ``exclude`` rules: mappings with ``method`` and / or ``dataset``, each a name (config or
-    variant) of this sweep, so that a typo is an error rather than a pair silently left in."""
+    variant) of this sweep, so that a typo is an error rather than a pair silently left in. A rule naming a
+    registered config that is not in the grid (``methods=[ae]`` on the command line narrows a sweep that
+    excludes ``ascnet``) excludes nothing and is dropped."""
     if not isinstance(rules, list):
         raise ConfigError(f"{source}: exclude must be a list of {{method: name, dataset: name}} mappings")
     known = {"method": set().union(*(names for _, names in methods)),
              "dataset": set().union(*(names for _, names in datasets))}
+    active = []
     for rule in rules:
         if not isinstance(rule, dict) or not rule or set(rule) - set(known):
             raise ConfigError(f"{source}: exclude entry {rule!r}: expected a mapping with keys method and / or dataset")
-        for key, name in rule.items():
-            if name not in known[key]:
+        absent = [(key, name) for key, name in rule.items() if name not in known[key]]
+        for key, name in absent:
+            if not _is_registered(f"{key}s", name):
                 raise ConfigError(f"{source}: exclude entry {rule!r}: no {key} {name!r} in this sweep; "
                                   f"{key}s: {', '.join(sorted(known[key]))}")
-    return rules
+        if not absent:
+            active.append(rule)
+    return active
+
+
+def _is_registered(kind: str, name: Any) -> bool:
+    try:
+        find_config(kind, str(name))
+    except ConfigError:
+        return False
+    return True
 
 
 def _matches(rule: dict[str, str], method_names: set[str], dataset_names: set[str]) -> bool:

@@ -31,6 +31,14 @@ composition, so the evaluation batch size is recorded in the run config), or per
 multi-channel images are summed. The sample scores of the paper are ``rec``, ``kl`` and ``elbo``: read them from
 the ``rec``, ``grad_kl`` and ``grad_elbo`` entries.
 
+Scale of ``log_std``. The original brain experiment z-scores every volume inside the brain and uses sigma = 1,
+i.e. sigma = one standard deviation of the brain's intensities. NormBench's images are percentile-scaled to [0, 1]
+(brain-intensity std about 0.2 on the synthetic brain), so the same likelihood is ``log_std`` = log 0.2 = -1.6, the
+brain config's value (``configs/methods/vae.yaml``). The literal 0 on [0, 1] data is a five times wider
+likelihood: the KL term dominates, the decoder returns a blurred mean brain and every map of the conv VAE scores
+below chance on the synthetic tumours (measured in ``docs/validation.md``). The small-image MLP keeps 0, as its
+original experiment runs on [0, 1] pixels.
+
 Deviations, each a documented choice:
 
 * gradients are those of the per-sample terms. The original differentiates the *batch mean*, which scales every

@@ -1,7 +1,8 @@
 """Helper script of test_ddp_evaluation.py (not a test): calibrate and test one fixed method on N CPU devices.
 
 Usage: ``python tests/ddp_evaluation.py OUT.json DEVICES DATA_ROOT``. Lightning's ``ddp`` launcher re-runs this
-script once per extra rank; rank 0 writes the calibration, metrics and curves of two evaluation profiles.
+script once per extra rank; rank 0 writes the calibration, metrics (with their subject-bootstrap intervals),
+curves and per-subject counts of two evaluation profiles.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def evaluate(devices: int, data_root: str) -> dict:
         trainer.validate(model, datamodule=datamodule, verbose=False)
         trainer.test(model, datamodule=datamodule, verbose=False)
         results[name] = {"calibration": callback.calibration[None], "test_sets": callback.results[None],
-                         "curves": callback.curves[None], "rank": trainer.global_rank}
+                         "curves": callback.curves[None], "rank": trainer.global_rank,
+                         "subject_counts": {test_set: counts.to_json()
+                                            for test_set, counts in callback.subject_counts[None].items()}}
     return results
 
 

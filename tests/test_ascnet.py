@@ -222,3 +222,51 @@ def test_ascnet_runs_on_the_original_npy_files(tmp_path):
                           "metrics.json").read_text())
     assert set(metrics["test_sets"]) == {"healthy", "input"}
     assert metrics["test_sets"]["input"]["pixel"]["n_lesion_pixels"] > 0
+
+
+def test_maps_under_bf16_autocast():
+    """bf16 mixed precision (the GPU profile, and --precision bf16-mixed on CPU): every map is float32 and finite
+    (the Otsu map once failed converting a bf16 foreground to numpy)."""
+    torch.manual_seed(0)
+    model = AscNet(image_size=32, width=4).eval()
+    image = torch.rand(2, 1, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model.predict_anomaly(image)
+    for name, (anomaly_map, score) in output.variants.items():
+        assert anomaly_map.dtype == torch.float32 and torch.isfinite(anomaly_map).all(), name
+        assert score.shape == (2,), name
+
+
+def _separation(model: AscNet, reference: torch.Tensor, cuts: torch.Tensor) -> float:
+    """How much higher (towards the cut label) the generator-phase discriminator scores cuts than references."""
+    with torch.no_grad():
+        return float(model.discriminate_cuts(cuts, reference).mean()
+                     - model.discriminate_cuts(reference, reference).mean())
+
+
+def test_generator_phase_discriminator_sees_what_it_learnt():
+    """The discriminator learns on mixed batches (reference images and cuts together). In the generator phase it
+    must still tell the two apart: scoring a batch of cuts alone with BatchNorm on that batch's own statistics (the
+    faithful 'batch' mode) normalises the difference away and the generator gets no adversarial signal, which made
+    ASC-Net's cuts collapse; the 'mixed' mode scores them beside reference images and keeps it."""
+    torch.manual_seed(0)
+    size = 32
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disk = (((yy - 16) ** 2 + (xx - 16) ** 2) < 100).float()[None, None]
+    reference = (disk * 0.8 + 0.05 * torch.randn(16, 1, size, size)).clamp(0, 1)
+    cuts = (disk * 0.3 + 0.05 * torch.randn(16, 1, size, size)).clamp(0, 1)  # a darker disk: easy to tell apart
+    model = AscNet(image_size=size, width=4, generator_discriminator="mixed")
+    optimiser = torch.optim.Adam(model.discriminator.parameters(), lr=1e-3)
+    targets = torch.cat([torch.full((16,), -1.0), torch.full((16,), 1.0)])
+    model.discriminator.train()
+    for _ in range(60):  # the discriminator phase: one mixed batch per step
+        loss = (model.discriminator(torch.cat([reference, cuts])) - targets).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    running = [m.running_mean.clone() for m in model.discriminator.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert _separation(model, reference, cuts) > 1.0  # scores near -1 and +1
+    model.hparams.generator_discriminator = "batch"
+    assert abs(_separation(model, reference, cuts)) < 0.5
+    after = [m.running_mean for m in model.discriminator.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(running, after, strict=True))  # frozen statistics

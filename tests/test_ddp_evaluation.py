@@ -44,6 +44,14 @@ def test_two_processes_give_the_single_process_metrics(tmp_path):
         tumor = single[profile]["test_sets"]["tumor"]
         assert tumor["pixel"]["n_lesion_pixels"] > 0 and tumor["sample"]["n_slices"] > 10  # non-trivial data
         assert set(tumor["calibrated"]) == {"healthy_fpr@1%", "healthy_fpr@2%", "healthy_fpr@5%"}
+        # per-subject counts and the intervals from them: compared leaf by leaf below (1 vs 2 processes)
+        counts = single[profile]["subject_counts"]["tumor"]
+        assert len(counts["subjects"]) == 3 and sum(map(sum, counts["calibrated"][0])) > 0
+        assert sum(v for subject in counts["pixels"] for side in subject for v in side) == \
+            tumor["pixel"]["n_roi_pixels"]
+        low, high = tumor["pixel"]["ci95"]["auroc"]
+        assert low < high and all(low <= v <= high for v in [tumor["pixel"]["auroc"]])
+        assert all(v is not None for v in tumor["calibrated"]["healthy_fpr@5%"]["dice_ci95"])
     left, right = dict(_leaves(single)), dict(_leaves(double))
     left.pop("/none/rank"), left.pop("/volumetric/rank"), right.pop("/none/rank"), right.pop("/volumetric/rank")
     assert left.keys() == right.keys()
@@ -55,6 +63,13 @@ def test_two_processes_give_the_single_process_metrics(tmp_path):
             assert value is None and other is None, key  # NaN (null) on both sides
         else:
             assert value == other, key
+    for profile in ("none", "volumetric"):  # counts and intervals are identical, not merely close
+        assert double[profile]["subject_counts"] == single[profile]["subject_counts"]
+        for name, result in single[profile]["test_sets"].items():
+            other = double[profile]["test_sets"][name]
+            assert other["pixel"]["ci95"] == result["pixel"]["ci95"], name
+            assert [e["dice_ci95"] for e in other["calibrated"].values()] == \
+                [e["dice_ci95"] for e in result["calibrated"].values()], name
     # the volumetric profile post-processed whole volumes on each rank: its thresholded metrics differ from raw
     raw, processed = single["none"]["test_sets"]["tumor"], single["volumetric"]["test_sets"]["tumor"]
     assert raw["pixel"] == processed["pixel"]

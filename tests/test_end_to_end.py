@@ -11,6 +11,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmark.cli import main
+from benchmark.qualitative import load_qualitative
 from lightning_modules.base import AnomalyModule, AnomalyOutput
 
 TINY_DATA = {"n_train": 3, "n_val": 1, "n_test_healthy": 1, "n_test_per_lesion": 1, "n_unlabelled": 0,
@@ -205,7 +206,9 @@ def test_vae_score_variants_through_run_leaderboard_and_report(configs):
     board = (configs["results"] / "adhoc" / "leaderboard.csv").read_text()
     assert all(f"vae[{name}],tiny_brain,tumor" in board for name in metrics["variants"])
     report = (configs["results"] / "adhoc" / "report.md").read_text()
-    assert "qualitative_tumor%5Bcombi%5D.png" in report and "| vae[grad_kl]" in report
+    shown = load_qualitative(run / "figures" / "qualitative_tumor.npz", "tumor")  # one file, every variant's map
+    assert shown is not None and set(shown.maps) == set(metrics["variants"]) and shown.reconstruction is not None
+    assert "(figures/qualitative_tiny_brain_tumor.png)" in report and "| vae[grad_kl]" in report
 
 
 def test_mlp_vae_on_held_out_digits(configs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from benchmark.leaderboard import (
     read_leaderboard,
     write_leaderboard,
 )
+from benchmark.metrics.bootstrap import entry_replicates, paired_p_value, percentile_interval
+from benchmark.metrics.subject_counts import SubjectCounts, write_subject_counts
 
 DATASET = "synthetic_brain"
 THRESHOLDS = {"healthy_fpr@1%": 0.37, "healthy_fpr@2%": 0.32, "healthy_fpr@5%": 0.25}
@@ -260,7 +263,12 @@ def test_rebuild_is_byte_identical(reference) -> None:
     assert leaderboard_csv(build_leaderboard(sweep)).encode() == first
     header = first.split(b"\n", 1)[0].decode().split(",")
     assert header[:8] == ["method", "dataset", "test_set", "rank", "n_seeds", "seeds", "status", "failures"]
-    assert header[8:10] == ["pixel/auroc:mean", "pixel/auroc:std"]
+    assert header[8:14] == ["beats_random", "p_vs_random", "pixel/auroc:mean", "pixel/auroc:std",
+                            "pixel/auroc:ci_low", "pixel/auroc:ci_high"]
+    dice = header.index("calibrated/healthy_fpr@5%/dice:std")
+    assert header[dice + 1:dice + 3] == ["calibrated/healthy_fpr@5%/dice:ci_low",
+                                         "calibrated/healthy_fpr@5%/dice:ci_high"]
+    assert "calibrated/healthy_fpr@5%/precision:ci_low" not in header  # intervals only where counts give them
 
 
 def _write_many(sweep: str, times: int) -> None:
@@ -438,3 +446,144 @@ def test_generative_columns_are_run_level_means_over_completed_seeds(tmp_path: P
     on_disk = read_leaderboard(write_leaderboard(sweep))
     assert row(on_disk, "gan[izif]", "tumor")["generative/ssim_min"] == pytest.approx(0.25)
     assert math.isnan(row(on_disk, "ae", "tumor")["generative/ssim_min"])
+
+
+# ---- subject bootstrap: intervals, tests against random, compare verdicts -------------------------------------
+SUBJECTS = tuple(f"sub{i}" for i in range(6))
+
+
+def subject_counts(rng: np.random.Generator, shift: float, lesion: bool = True) -> SubjectCounts:
+    """Six subjects' counts over 60 bins: negatives around bin 25, lesion pixels ``shift`` bins higher."""
+    histogram = np.zeros((len(SUBJECTS), 2, 60), dtype=np.int64)
+    calibrated = np.zeros((len(SUBJECTS), len(THRESHOLDS), 4), dtype=np.int64)
+    for s in range(len(SUBJECTS)):
+        negatives = np.clip(rng.normal(25, 6, 400).round(), 0, 59).astype(int)
+        positives = np.clip(rng.normal(25 + shift, 6, 40 if lesion else 0).round(), 0, 59).astype(int)
+        histogram[s, 0] = np.bincount(negatives, minlength=60)
+        histogram[s, 1] = np.bincount(positives, minlength=60)
+        for t, cut in enumerate((40, 36, 32)):
+            tp, fp = int(np.sum(positives >= cut)), int(np.sum(negatives >= cut))
+            calibrated[s, t] = [tp, fp, len(positives) - tp, len(negatives) - fp]
+    return SubjectCounts.from_histogram(SUBJECTS, histogram, list(THRESHOLDS), calibrated, {})
+
+
+SHIFTS = {"random": 0.0, "good": 12.0, "noise": 0.0}
+
+
+def write_counted_sweep(sweep: Path, methods: dict[str, float] = SHIFTS, seeds: int = 3,
+                        ) -> dict[str, list[dict[tuple[str | None, str], SubjectCounts]]]:
+    """Runs whose ``subject_counts.npz`` hold ``healthy`` and ``tumor`` counts (lesion pixels ``shift`` bins up)."""
+    rng = np.random.default_rng(11)
+    written: dict[str, list[dict[tuple[str | None, str], SubjectCounts]]] = {}
+    for method, shift in methods.items():
+        for seed in range(seeds):
+            doc = completed(method, seed, 0.3 + shift / 100 + 0.01 * seed)
+            write_run(sweep, method, seed, doc)
+            counts = {(None, "healthy"): subject_counts(rng, 0.0, lesion=False),
+                      (None, "tumor"): subject_counts(rng, shift)}
+            write_subject_counts(sweep / "runs" / DATASET / method / f"seed_{seed}" / "subject_counts.npz", counts,
+                                 doc["key"])
+            written.setdefault(method, []).append(counts)
+    return written
+
+
+def test_leaderboard_intervals_and_paired_tests_against_random(tmp_path: Path) -> None:
+    written = write_counted_sweep(tmp_path)
+    board = build_leaderboard(tmp_path)
+    replicates = {method: entry_replicates([seed[None, "tumor"] for seed in seeds], method)
+                  for method, seeds in written.items()}
+    for method in SHIFTS:
+        got = row(board, method, "tumor")
+        for name in ("pixel/auroc", "pixel/auprc", "calibrated/healthy_fpr@5%/dice"):
+            low, high = percentile_interval(replicates[method][name])
+            assert (got[f"{name}:ci_low"], got[f"{name}:ci_high"]) == pytest.approx((low, high), abs=1e-12), name
+            assert low < high
+        healthy = row(board, method, "healthy")
+        assert math.isnan(healthy["pixel/auroc:ci_low"]) and healthy["beats_random"] == "n.a."
+        assert math.isnan(healthy["p_vs_random"])
+    good, noise = row(board, "good", "tumor"), row(board, "noise", "tumor")
+    assert good["beats_random"] == "true" and good["p_vs_random"] == pytest.approx(1 / 1001)
+    expected = paired_p_value(replicates["noise"]["pixel/auprc"], replicates["random"]["pixel/auprc"])
+    assert noise["p_vs_random"] == pytest.approx(expected, abs=1e-12) and 0.05 <= expected < 1
+    assert noise["beats_random"] == "false"
+    assert row(board, "random", "tumor")["beats_random"] == "n.a."
+    on_disk = read_leaderboard(write_leaderboard(tmp_path))
+    assert list(on_disk.loc[on_disk["test_set"] == "tumor", "beats_random"]) == list(
+        board.loc[board["test_set"] == "tumor", "beats_random"])
+    assert set(on_disk["beats_random"]) == {"true", "false", "n.a."}
+    assert row(on_disk, "good", "tumor")["pixel/auprc:ci_high"] == good["pixel/auprc:ci_high"]
+
+
+def test_rank_metric_without_counts_or_without_random_is_not_available(tmp_path: Path) -> None:
+    write_counted_sweep(tmp_path / "sweep")
+    sample_level = build_leaderboard(tmp_path / "sweep", primary="sample/auroc")  # no per-subject counts
+    assert set(sample_level["beats_random"]) == {"n.a."} and sample_level["p_vs_random"].isna().all()
+    write_counted_sweep(tmp_path / "no_random", {"good": 12.0, "noise": 0.0})
+    board = build_leaderboard(tmp_path / "no_random")
+    assert set(board["beats_random"]) == {"n.a."}
+    assert np.isfinite(row(board, "good", "tumor")["pixel/auroc:ci_low"])  # intervals need no random
+
+
+def test_runs_without_or_with_stale_subject_counts_have_no_intervals(tmp_path: Path) -> None:
+    write_counted_sweep(tmp_path)
+    (tmp_path / "runs" / DATASET / "noise" / "seed_1" / "subject_counts.npz").unlink()  # an older run
+    run = tmp_path / "runs" / DATASET / "good" / "seed_2"
+    doc = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**doc, "key": "rerun-with-another-config"}))  # stale npz
+    board = build_leaderboard(tmp_path)
+    for method in ("noise", "good"):
+        got = row(board, method, "tumor")
+        assert math.isnan(got["pixel/auprc:ci_low"]) and math.isnan(got["calibrated/healthy_fpr@1%/dice:ci_high"])
+        assert got["beats_random"] == "n.a." and math.isnan(got["p_vs_random"])
+        assert np.isfinite(got["pixel/auprc:mean"])  # the seed means are still there
+    assert np.isfinite(row(board, "random", "tumor")["pixel/auprc:ci_low"])
+
+
+def test_score_variants_read_their_own_counts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for method, shifts in (("random", {None: 0.0}), ("vae", {"rec": 12.0, "kl": 0.0})):
+        doc = completed(method, 0, 0.3)
+        if method == "vae":
+            doc["primary_variant"] = "rec"
+            doc["variants"] = {name: {"test_sets": doc["test_sets"], "calibration": doc["calibration"]}
+                               for name in shifts}
+        write_run(tmp_path, method, 0, doc)
+        write_subject_counts(tmp_path / "runs" / DATASET / method / "seed_0" / "subject_counts.npz",
+                             {(variant, "tumor"): subject_counts(rng, shift) for variant, shift in shifts.items()},
+                             doc["key"])
+    board = build_leaderboard(tmp_path)
+    rec, kl = row(board, "vae[rec]", "tumor"), row(board, "vae[kl]", "tumor")
+    assert rec["beats_random"] == "true" and kl["beats_random"] == "false"
+    assert rec["pixel/auroc:ci_low"] > kl["pixel/auroc:ci_high"]
+    assert math.isnan(row(board, "vae[rec]", "healthy")["pixel/auroc:ci_low"])  # no counts for that test set
+
+
+def test_compare_verdicts_from_overlapping_intervals(tmp_path: Path) -> None:
+    write_counted_sweep(tmp_path / "reference")
+    write_counted_sweep(tmp_path / "new", {"good": 13.0, "better": 30.0})
+    reference = write_leaderboard(tmp_path / "reference")
+    result = compare(tmp_path / "new", reference)
+    deltas = result.deltas
+    for r in deltas.itertuples(index=False):
+        intervals = (r.new_ci_low, r.new_ci_high, r.ref_ci_low, r.ref_ci_high)
+        if any(pd.isna(v) for v in intervals):
+            assert r.verdict == "", (r.metric, r.new_method, r.ref_method)
+        elif r.new_ci_low > r.ref_ci_high:
+            assert r.verdict == "better"
+        elif r.new_ci_high < r.ref_ci_low:
+            assert r.verdict == "worse"
+        else:
+            assert r.verdict == "within noise"
+    tumor = deltas[(deltas["test_set"] == "tumor") & (deltas["metric"] == "pixel/auroc")]
+    verdicts = {(r.new_method, r.ref_method): r.verdict for r in tumor.itertuples(index=False)}
+    assert verdicts[("good", "good")] == "within noise"  # a rerun: same method, similar data
+    assert verdicts[("better", "random")] == "better" and verdicts[("good", "random")] == "better"
+    assert verdicts[("better", "good")] == "better"
+    assert set(deltas.loc[deltas["metric"] == "sample/auroc", "verdict"]) == {""}  # no intervals there
+    counted = deltas["verdict"].value_counts()
+    assert result.summary().startswith(f"{counted['within noise']} of {int(counted.drop('').sum())} differences")
+    markdown = result.to_markdown()
+    assert re.search(r"\| delta +\| verdict +\|", markdown) and re.search(r"\| better +\|", markdown)
+    assert result.summary() in markdown
+    saved = pd.read_csv(result.save(tmp_path / "out")[0], keep_default_na=False)
+    assert list(saved["verdict"]) == list(deltas["verdict"])

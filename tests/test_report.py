@@ -163,11 +163,12 @@ def test_report_table_failures_and_figures(sweep):
 
     images = _images(report)
     names = {path.name for path in images}
-    assert {"bars_synth_pixel_auprc.png", "curves_synth_tumor.png", "scores_synth.png"} <= names
+    assert {"forest_synth_tumor.png", "curves_synth_tumor.png", "scores_synth.png"} <= names
+    assert "forest_synth_healthy.png" not in names  # no lesions, no forest plot
     assert "curves_synth_healthy.png" not in names  # no lesions, no curves
-    assert sum(path.name == "qualitative_tumor.png" for path in images) == len(METHODS)
-    assert "qualitative_healthy.png" not in names
-    for path in [*images, sweep["root"] / "figures" / "qualitative_synth.png"]:
+    assert sum(path.name == "qualitative_tumor.png" for path in images) == len(METHODS)  # old runs: their PNGs
+    assert "qualitative_healthy.png" not in names and "older runs" in text
+    for path in images:
         assert path.is_file(), path
         assert mpimg.imread(path).ndim == 3
 

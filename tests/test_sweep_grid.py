@@ -171,8 +171,18 @@ def test_exclude_leaves_pairs_out_and_names_typos():
                      ("vae_mlp@lr=0.001", "digits"), ("random", "digits")]
     with pytest.raises(ConfigError, match="no method 'aee'"):
         _sweep(["ae"], exclude=[{"method": "aee"}])
+    # a registered method that the grid does not hold (a methods=[...] override narrowed it) excludes nothing
+    assert [job.method.name for job in _sweep(["ae"], exclude=[{"method": "ascnet", "dataset": "digits"}]).jobs] \
+        == ["ae"]
     with pytest.raises(ConfigError, match="keys method and / or dataset"):
         _sweep(["ae"], exclude=[{"methods": "ae"}])
     assert [j.dataset.name for j in _sweep(["vae_mlp"], ["digits", "synthetic_brain"],
                                            exclude=[{"method": "vae_mlp", "dataset": "digits"}]).jobs] == [
         "synthetic_brain"]
+
+
+def test_default_sweep_runs_a_subset_of_its_methods():
+    """README: `methods=[...]` runs a subset of the default sweep, whose exclude list names methods left out."""
+    sweep = load_sweep("default", ["methods=[random,ae]", "datasets=[synthetic_brain]"])
+    assert [(job.method.name, job.dataset.name) for job in sweep.jobs] == [
+        ("random", "synthetic_brain"), ("ae", "synthetic_brain")]

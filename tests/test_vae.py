@@ -176,3 +176,25 @@ def test_bad_arguments():
         VariationalAutoEncoder(image_size=16, architecture="resnet")
     with pytest.raises(ValueError, match="levels"):
         VariationalAutoEncoder(image_size=32, channels=[2, 4])
+
+
+def test_brain_config_likelihood_is_one_data_std(tiny_sweep_setup):
+    """The conv VAE's likelihood sigma must be one std of brain intensities, as in the original (sigma 1 on data
+    z-scored per volume). The literal log_std 0 on [0, 1] data (sigma five data stds) let the KL term dominate and
+    put every map of the conv VAE below chance on the synthetic tumours (docs/validation.md)."""
+    import numpy as np
+    import yaml
+
+    from benchmark.config import load_component
+
+    root = tiny_sweep_setup["root"]
+    datamodule = load_component("datasets", "synthetic_brain").instantiate(
+        data_root=str(root / "data"), progress=False,
+        **{k: v for k, v in yaml.safe_load(tiny_sweep_setup["dataset"].read_text())["init_args"].items()
+           if k != "data_root"})
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    train = datamodule.splits.train
+    brain = np.asarray(train.images)[np.asarray(train.rois) > 0.5]
+    configured = load_component("methods", "vae").init_args["log_std"]
+    assert abs(configured - math.log(brain.std())) < 0.35, (configured, math.log(brain.std()))

@@ -31,9 +31,12 @@ class PixelHistogram(Metric):
         self.add_state("counts", default=torch.zeros(n_groups, 2, self.bins.n_bins, dtype=torch.long),
                        dist_reduce_fx="sum")
 
-    def update(self, scores: Tensor, targets: Tensor, groups: Tensor | None = None) -> None:
+    def update(self, scores: Tensor, targets: Tensor, groups: Tensor | None = None,
+               rows: Tensor | None = None) -> None:
         """Add pixels: ``scores`` >= 0 and finite (binned as float32), ``targets`` non-zero for positives,
         ``groups`` in [0, n_groups) per pixel; pixels of a negative group are skipped (e.g. outside the roi).
+        With ``rows`` (int64 ``[G]``), ``groups`` are in [0, G) and group ``g`` adds to state group ``rows[g]``:
+        a batch that touches few of many groups (subjects) then bins into ``G`` groups only.
 
         Skipped pixels are counted in a scratch group that is dropped, which is faster than selecting pixels with
         a boolean index.
@@ -46,15 +49,21 @@ class PixelHistogram(Metric):
             raise ValueError(f"PixelHistogram: scores must be finite and >= 0 (min {float(low)}, max {float(high)})")
         flat = self.bins.index(scores)
         flat += (targets != 0).to(torch.int32) * self.bins.n_bins
-        slots = self.n_groups
+        kept = self.n_groups if rows is None else len(rows)
+        slots = kept
         if groups is not None:
             groups = groups.detach().flatten().to(torch.int32)
-            if int(groups.max()) >= self.n_groups:
-                raise ValueError(f"PixelHistogram: group id {int(groups.max())} >= n_groups ({self.n_groups})")
-            flat += torch.where(groups < 0, self.n_groups, groups) * (2 * self.bins.n_bins)
+            if int(groups.max()) >= kept:
+                limit = f"n_groups ({kept})" if rows is None else f"len(rows) ({kept})"
+                raise ValueError(f"PixelHistogram: group id {int(groups.max())} >= {limit}")
+            flat += torch.where(groups < 0, kept, groups) * (2 * self.bins.n_bins)
             slots += 1
-        counts = torch.bincount(flat, minlength=slots * 2 * self.bins.n_bins)[: self.counts.numel()]
-        self.counts += counts.view_as(self.counts).to(self.counts.device)
+        counts = torch.bincount(flat, minlength=slots * 2 * self.bins.n_bins)[: kept * 2 * self.bins.n_bins]
+        counts = counts.view(kept, 2, self.bins.n_bins).to(self.counts.device)
+        if rows is None:
+            self.counts += counts
+        else:
+            self.counts.index_add_(0, rows.to(self.counts.device), counts)
 
     def compute(self) -> list[BinnedCurves]:
         counts = self.counts.cpu().numpy()
