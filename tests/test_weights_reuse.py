@@ -19,6 +19,7 @@ from benchmark.runner import run_sweep
 from benchmark.sweep import load_sweep
 from lightning_modules.ae import AutoEncoder
 from lightning_modules.base import AnomalyModule, AnomalyOutput
+from tests.tiny_runs import run_dir, run_metrics
 
 
 class ReusingMethod(AnomalyModule):
@@ -108,14 +109,6 @@ def _sweep(setup, name: str, methods: list[str], **extra: Any) -> Path:
     return path
 
 
-def _run_dir(results: Path, sweep: str, method: str) -> Path:
-    return results / sweep / "runs" / "tiny_brain" / method / "seed_0"
-
-
-def _metrics(results: Path, sweep: str, method: str) -> dict:
-    return json.loads((_run_dir(results, sweep, method) / "metrics.json").read_text())
-
-
 @pytest.fixture
 def calls(monkeypatch) -> list[str]:
     """The method of every job that ``run_job`` runs (in this process) from now on."""
@@ -177,14 +170,14 @@ def test_reusing_job_evaluates_the_upstream_checkpoint_without_retraining(setup,
     sweep = load_sweep(str(_sweep(setup, "reuse", ["reusing", "ae"])))  # the dependent first: it runs its upstream
     assert [o.status for o in run_sweep(sweep, results, progress=False)] == ["completed", "completed"]
     assert calls == ["ae_tiny", "reusing"]  # the upstream trains once
-    ae, reusing = _metrics(results, "reuse", "ae_tiny"), _metrics(results, "reuse", "reusing")
+    ae, reusing = run_metrics(results, "reuse", "ae_tiny"), run_metrics(results, "reuse", "reusing")
     assert ae["status"] == reusing["status"] == "completed"
     tested = ae["evaluation"]["checkpoint"]
     assert tested.startswith("best-epoch")
     assert reusing["run"]["weights_from"] == {"method": "ae_tiny", "run_dir": "tiny_brain/ae_tiny/seed_0",
                                               "key": ae["key"], "checkpoint": tested}
     assert reusing["run"]["train_time_s"] == 0 and "weights_from" not in ae["run"]
-    config = yaml.safe_load((_run_dir(results, "reuse", "reusing") / "config.yaml").read_text())
+    config = yaml.safe_load((run_dir(results, "reuse", "reusing") / "config.yaml").read_text())
     assert config["weights_from"] == reusing["run"]["weights_from"]
     assert set(reusing["test_sets"]) == set(ae["test_sets"])
     for name, result in ae["test_sets"].items():  # the same map from the same weights
@@ -193,28 +186,28 @@ def test_reusing_job_evaluates_the_upstream_checkpoint_without_retraining(setup,
                                                                               nan_ok=True)
 
     # a rerun skips both; the upstream's checkpoints are untouched
-    checkpoints = _mtimes(_run_dir(results, "reuse", "ae_tiny") / "checkpoints")
+    checkpoints = _mtimes(run_dir(results, "reuse", "ae_tiny") / "checkpoints")
     assert [o.status for o in run_sweep(sweep, results, progress=False)] == ["skipped", "skipped"]
     assert calls == ["ae_tiny", "reusing"]
-    assert _mtimes(_run_dir(results, "reuse", "ae_tiny") / "checkpoints") == checkpoints
+    assert _mtimes(run_dir(results, "reuse", "ae_tiny") / "checkpoints") == checkpoints
 
     # a sweep without the upstream: it runs first in the sibling folder, then the dependent evaluates its weights
     only = load_sweep(str(_sweep(setup, "reuse_only", ["reusing"])))
     assert [o.status for o in run_sweep(only, results, progress=False)] == ["completed"]
     assert calls[2:] == ["ae_tiny", "reusing"]
-    upstream = _metrics(results, "reuse_only", "ae_tiny")
+    upstream = run_metrics(results, "reuse_only", "ae_tiny")
     assert upstream["status"] == "completed" and upstream["key"] == ae["key"]
-    assert _metrics(results, "reuse_only", "reusing")["run"]["weights_from"]["key"] == ae["key"]
+    assert run_metrics(results, "reuse_only", "reusing")["run"]["weights_from"]["key"] == ae["key"]
 
     # checkpoints deleted: the dependent cannot run and says how to recover; the finished upstream is not retrained
-    for path in (_run_dir(results, "reuse", "ae_tiny") / "checkpoints").iterdir():
+    for path in (run_dir(results, "reuse", "ae_tiny") / "checkpoints").iterdir():
         path.unlink()
-    (_run_dir(results, "reuse", "reusing") / "metrics.json").unlink()
+    (run_dir(results, "reuse", "reusing") / "metrics.json").unlink()
     assert [o.status for o in run_sweep(sweep, results, progress=False)] == ["failed", "skipped"]
     assert calls[4:] == ["reusing"]
-    failed = _metrics(results, "reuse", "reusing")
+    failed = run_metrics(results, "reuse", "reusing")
     assert failed["status"] == "failed" and "--overwrite" in failed["error"]["message"]
-    assert str(_run_dir(results, "reuse", "ae_tiny") / "checkpoints" / tested) in failed["error"]["message"]
+    assert str(run_dir(results, "reuse", "ae_tiny") / "checkpoints" / tested) in failed["error"]["message"]
 
 
 def test_failed_upstream_fails_the_dependent_and_the_sweep_goes_on(setup, calls):
@@ -222,12 +215,12 @@ def test_failed_upstream_fails_the_dependent_and_the_sweep_goes_on(setup, calls)
     sweep = _sweep(setup, "failing", ["reusing_nan", "random"])  # the upstream is not one of the sweep's jobs
     assert main(["sweep", "--config", str(sweep), "--results-dir", str(results), "--quiet"]) == 1
     assert calls == ["nan_ae", "random"]  # the upstream runs first, the dependent does not run
-    assert _metrics(results, "failing", "nan_ae")["status"] == "failed"
-    assert _metrics(results, "failing", "random")["status"] == "completed"
-    dependent = _metrics(results, "failing", "reusing_nan")
+    assert run_metrics(results, "failing", "nan_ae")["status"] == "failed"
+    assert run_metrics(results, "failing", "random")["status"] == "completed"
+    dependent = run_metrics(results, "failing", "reusing_nan")
     message = dependent["error"]["message"]
     assert dependent["status"] == "failed" and dependent["error"]["type"] == "UpstreamError"
-    assert "nan_ae / tiny_brain / seed 0" in message and str(_run_dir(results, "failing", "nan_ae")) in message
+    assert "nan_ae / tiny_brain / seed 0" in message and str(run_dir(results, "failing", "nan_ae")) in message
     assert "NonFiniteLossError" in message
 
 
@@ -272,11 +265,11 @@ def test_submitit_submits_upstreams_in_an_earlier_wave(setup, monkeypatch):
     assert [set(wave) for wave in _FakeExecutor.waves] == [{"ae_tiny", "nan_ae", "random"}, {"finetuned"}, {"chain"}]
     assert [(o.job.method.name, o.status) for o in outcomes] == [("chain", "completed"), ("reusing_nan", "failed"),
                                                                   ("random", "completed")]
-    assert "nan_ae" in _metrics(results, "waves", "reusing_nan")["error"]["message"]
-    finetuned = _metrics(results, "waves", "finetuned")
-    assert finetuned["run"]["weights_from"]["key"] == _metrics(results, "waves", "ae_tiny")["key"]
+    assert "nan_ae" in run_metrics(results, "waves", "reusing_nan")["error"]["message"]
+    finetuned = run_metrics(results, "waves", "finetuned")
+    assert finetuned["run"]["weights_from"]["key"] == run_metrics(results, "waves", "ae_tiny")["key"]
     assert finetuned["run"]["train_time_s"] > 0
-    assert _metrics(results, "waves", "chain")["run"]["weights_from"] == {
+    assert run_metrics(results, "waves", "chain")["run"]["weights_from"] == {
         "method": "finetuned", "run_dir": "tiny_brain/finetuned/seed_0", "key": finetuned["key"],
         "checkpoint": finetuned["evaluation"]["checkpoint"]}
 

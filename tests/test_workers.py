@@ -23,6 +23,7 @@ from benchmark.runner import run_sweep
 from benchmark.sweep import DEFAULT_BACKEND, load_sweep
 from benchmark.workers import PARENT_PID_ENV, WORKER_LOG, bind_to_parent, worker_threads
 from tests.test_diffusion_end_to_end import TINY_DDPM
+from tests.tiny_runs import run_dir, run_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 RANDOM = "lightning_modules.baselines.RandomBaseline"
@@ -76,14 +77,6 @@ def _sweep(setup, name: str, methods: list[str], **extra: Any) -> Path:
                                     "datasets": [str(setup["dataset"])], "seeds": [0],
                                     "trainer": str(setup["trainer"]), **extra}))
     return path
-
-
-def _run_dir(results: Path, sweep: str, method: str) -> Path:
-    return results / sweep / "runs" / "tiny_brain" / method / "seed_0"
-
-
-def _metrics(results: Path, sweep: str, method: str) -> dict:
-    return json.loads((_run_dir(results, sweep, method) / "metrics.json").read_text())
 
 
 @pytest.fixture
@@ -165,16 +158,16 @@ def test_scheduling_upstreams_failures_and_rerun(setup, fake_jobs, capsys):
     assert most == 2
     assert 3 <= len(finished) <= 6 and set(finished) == {results / "scheduled"}  # after finished jobs (batched)
 
-    assert _metrics(results, "scheduled", "exploding")["error"]["message"] == "boom: a bug in the method"
-    nan = _metrics(results, "scheduled", "nan_ae")  # recorded here: its process died without a word
+    assert run_metrics(results, "scheduled", "exploding")["error"]["message"] == "boom: a bug in the method"
+    nan = run_metrics(results, "scheduled", "nan_ae")  # recorded here: its process died without a word
     assert nan["status"] == "failed" and nan["error"]["type"] == "RuntimeError"
     assert f"exited with code -{int(signal.SIGKILL)}: see " in nan["error"]["message"]
-    assert str(_run_dir(results, "scheduled", "nan_ae") / WORKER_LOG) in nan["error"]["message"]
-    dependent = _metrics(results, "scheduled", "reusing_nan")
+    assert str(run_dir(results, "scheduled", "nan_ae") / WORKER_LOG) in nan["error"]["message"]
+    dependent = run_metrics(results, "scheduled", "reusing_nan")
     assert dependent["error"]["type"] == "UpstreamError" and "nan_ae / tiny_brain / seed 0" in \
         dependent["error"]["message"] and "exited with code" in dependent["error"]["message"]
-    assert not (_run_dir(results, "scheduled", "reusing_nan") / WORKER_LOG).exists()  # never started
-    log = (_run_dir(results, "scheduled", "random") / WORKER_LOG).read_text()
+    assert not (run_dir(results, "scheduled", "reusing_nan") / WORKER_LOG).exists()  # never started
+    log = (run_dir(results, "scheduled", "random") / WORKER_LOG).read_text()
     assert re.match(r"\[normbench\] \S+ worker of random / tiny_brain / seed 0: .* --threads \d+\n$", log, re.S)
     captured = capsys.readouterr()
     assert captured.err.count("FAILED") == 3 and "boom: a bug in the method" in captured.err
@@ -197,7 +190,7 @@ def test_an_interrupted_runner_stops_its_workers(setup, fake_jobs):
         run_sweep(sweep, results, progress=False, after_job=interrupt)
     [(_, _, pid)] = [event for event in _events(fake_jobs) if event[:2] == ("start", "slow")]
     assert not _alive(pid)
-    assert not (_run_dir(results, "interrupted", "slow") / "metrics.json").exists()  # not a failure: resumable
+    assert not (run_dir(results, "interrupted", "slow") / "metrics.json").exists()  # not a failure: resumable
 
 
 def test_a_worker_whose_runner_is_gone_does_not_run(monkeypatch):
@@ -229,12 +222,12 @@ def test_two_workers_give_the_metrics_of_a_serial_run(setup):
     assert main(["sweep", "--config", str(sweep), "--results-dir", str(parallel), "--quiet", "--workers", "2",
                  "backend.threads_per_worker=1"]) == 0
     for method in ("random", "intensity", "ae"):
-        one, two = _metrics(serial, "parallel", method), _metrics(parallel, "parallel", method)
+        one, two = run_metrics(serial, "parallel", method), run_metrics(parallel, "parallel", method)
         assert one["status"] == two["status"] == "completed" and two["run"]["torch_threads"] == 1
         assert _results_of(one) == _results_of(two)
         assert re.search(r" run --job \S+/job\.json --quiet --threads 1$",
-                         (_run_dir(parallel, "parallel", method) / WORKER_LOG).read_text(), re.M)
-        assert not (_run_dir(serial, "parallel", method) / WORKER_LOG).exists()
+                         (run_dir(parallel, "parallel", method) / WORKER_LOG).read_text(), re.M)
+        assert not (run_dir(serial, "parallel", method) / WORKER_LOG).exists()
     board = pd.read_csv(parallel / "parallel" / "leaderboard.csv")
     assert set(board["method"]) == {"random", "intensity", "ae"} and set(board["status"]) == {"completed"}
     assert (parallel / "parallel" / "report.md").is_file()
@@ -249,10 +242,11 @@ def test_autoddpm_waits_for_anoddpm_and_a_failure_stays_isolated(setup, capsys):
     assert out.out.index("finished anoddpm /") < out.out.index("started autoddpm /")
     assert out.out.index("started exploding /") < out.out.index("finished")  # alongside anoddpm
     assert "FAILED" in out.err and "boom" in out.err
-    ano, auto = _metrics(results, "diffusion_workers", "anoddpm"), _metrics(results, "diffusion_workers", "autoddpm")
+    ano = run_metrics(results, "diffusion_workers", "anoddpm")
+    auto = run_metrics(results, "diffusion_workers", "autoddpm")
     assert ano["status"] == auto["status"] == "completed"
     assert auto["run"]["weights_from"]["key"] == ano["key"] and auto["run"]["train_time_s"] == 0
-    assert _metrics(results, "diffusion_workers", "exploding")["status"] == "failed"
+    assert run_metrics(results, "diffusion_workers", "exploding")["status"] == "failed"
     board = pd.read_csv(results / "diffusion_workers" / "leaderboard.csv")
     assert dict(zip(board["method"], board["status"], strict=False))["exploding"] == "failed"
 
@@ -266,7 +260,7 @@ def test_sigterm_stops_the_workers_and_a_rerun_resumes_them(setup):
                                 "--results-dir", str(results), "--quiet", "--workers", "2",
                                 "backend.threads_per_worker=1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    runs = [_run_dir(results, "terminated", "ae").with_name(f"seed_{seed}") for seed in (0, 1)]
+    runs = [run_dir(results, "terminated", "ae").with_name(f"seed_{seed}") for seed in (0, 1)]
     deadline = time.time() + 300
     while not any((run / "checkpoints" / "last.ckpt").is_file() for run in runs) and time.time() < deadline:
         time.sleep(0.2)
