@@ -84,3 +84,18 @@ def test_reproducibility_counts_identical_values_and_the_largest_difference(tmp_
     by_entry = {row["entry"]: row for row in rows}
     assert by_entry["ae"]["pixel/auroc"] == pytest.approx(0.05)
     assert by_entry["random"]["pixel/auroc"] == 0.0
+
+
+def test_oracle_restoration_is_the_subjects_own_scanner_without_noise() -> None:
+    """The ideal restoration replays the generator's scanner draws: on a healthy subject it differs from the image by
+    the Rician noise alone, and its residual finds a stroke almost perfectly."""
+    oracle_residual = _load("oracle_residual")
+    from datamodules.synthetic_brain import SyntheticBrainSpec, _make_subject
+
+    spec = SyntheticBrainSpec(resolution_mm=4.0)
+    healthy = _make_subject(spec, "sub-testhealthy-000")
+    restored = oracle_residual.noise_free_scanner(healthy.healthy, spec, healthy.subject)
+    brain = healthy.brain.astype(bool)
+    residual = (healthy.image - restored)[brain]
+    assert abs(float(residual.mean())) < 0.01 and float(residual.std()) < spec.noise_std_range[1] * 1.5
+    assert oracle_residual.oracle(spec, "stroke", 1)["auroc"] > 0.95
