@@ -274,6 +274,22 @@ def upstream_checkpoint(job: Job, run_dir: Path) -> tuple[Path, dict[str, Any]]:
     return path, {"method": upstream.method.name, "run_dir": where, "key": key, "checkpoint": name}
 
 
+def prepared_datamodule(job: Job, progress: bool = True) -> AnomalyDataModule:
+    """The job's datamodule with its data generated or checked (``prepare_data``) and its splits set up."""
+    datamodule = job.dataset.instantiate(progress=progress)
+    if not isinstance(datamodule, AnomalyDataModule):
+        raise ConfigError(f"{job.dataset.source}: {job.dataset.class_path} is not an AnomalyDataModule")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def model_links(datamodule: AnomalyDataModule) -> dict[str, int]:
+    """The method arguments the data decides: ``image_size`` and ``in_channels``."""
+    channels, height, _ = datamodule.image_shape
+    return {"image_size": height, "in_channels": channels}
+
+
 def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train (resuming from ``checkpoints/last.ckpt`` when present), test, and write ``metrics.json``. A job with an
     upstream first loads the weights its finished upstream tested (:func:`upstream_checkpoint`)."""
@@ -283,13 +299,8 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     pretrained, weights_from = upstream_checkpoint(job, run_dir) if job.upstream is not None else (None, None)
     pl.seed_everything(job.seed, workers=True)
 
-    datamodule = job.dataset.instantiate(progress=progress)
-    if not isinstance(datamodule, AnomalyDataModule):
-        raise ConfigError(f"{job.dataset.source}: {job.dataset.class_path} is not an AnomalyDataModule")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    channels, height, _ = datamodule.image_shape
-    links = {"image_size": height, "in_channels": channels}
+    datamodule = prepared_datamodule(job, progress)
+    links = model_links(datamodule)
     data_time = time.perf_counter() - started
 
     model = job.method.instantiate(**links)

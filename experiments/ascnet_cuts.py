@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from convergence import STUDY_FILE, build_job, links, load_weights, prepared_datamodule
+from convergence import STUDY_FILE, build_job, load_weights
 
+from benchmark.job import model_links, prepared_datamodule
 from benchmark.qualitative import draw_image, draw_map, row_label, select_slices
 
 PANELS = ("input", "I_fc", "I_wc", "I_ro")
@@ -32,10 +33,10 @@ def last_cuts(folder: Path, test_set: str, k: int) -> tuple[str, np.ndarray, np.
     study = json.loads((folder / STUDY_FILE).read_text())
     job = build_job(study["method"], study["dataset"], study["seed"], study["overrides"])
     pl.seed_everything(job.seed, workers=True)
-    datamodule = prepared_datamodule(job)
+    datamodule = prepared_datamodule(job, progress=False)
     arrays = datamodule.splits.tests[test_set]
     chosen, _ = select_slices(np.asarray(arrays.masks), np.asarray(arrays.rois), k, arrays.subjects)
-    model = job.method.instantiate(**links(datamodule))
+    model = job.method.instantiate(**model_links(datamodule))
     mark = study["training"]["checkpoints"][-1]
     load_weights(model, folder / "checkpoints" / mark["checkpoint"])
     image = torch.as_tensor(np.asarray(arrays.images[chosen]), dtype=torch.float32)

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from convergence import STUDY_FILE, build_job, links, load_weights, prepared_datamodule
+from convergence import STUDY_FILE, build_job, load_weights
 from sklearn.metrics import roc_auc_score
 
 from benchmark.config import load_component
+from benchmark.job import model_links, prepared_datamodule
 from lightning_modules.autoddpm import likely_anomaly_mask
 
 LESION_SETS = ("tumor", "ms", "stroke")
@@ -31,8 +32,8 @@ def mask_statistics(folder: Path, checkpoint: str | None, batch_size: int = 32) 
     study = json.loads((folder / STUDY_FILE).read_text())
     job = build_job(study["method"], study["dataset"], study["seed"], study["overrides"])
     pl.seed_everything(job.seed, workers=True)
-    datamodule = prepared_datamodule(job)
-    model = job.method.instantiate(**links(datamodule))
+    datamodule = prepared_datamodule(job, progress=False)
+    model = job.method.instantiate(**model_links(datamodule))
     name = checkpoint or study["training"]["checkpoints"][-1]["checkpoint"]
     load_weights(model, folder / "checkpoints" / name)
     model.eval()

@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run from a checkout, like the benchmarks/ scrip
 from benchmark.callbacks import EvaluationCallback  # noqa: E402
 from benchmark.generative import GenerativeQualityCallback  # noqa: E402
 from benchmark.io import write_json  # noqa: E402
-from benchmark.job import Job  # noqa: E402
+from benchmark.job import Job, model_links, prepared_datamodule  # noqa: E402
 from benchmark.sweep import build_sweep  # noqa: E402
 from lightning_modules.base import AnomalyModule, GenerativeModel  # noqa: E402
 
@@ -60,18 +60,6 @@ def build_job(method: str, dataset: str, seed: int, overrides: list[str], traine
 
 def study_dir(out: Path, job: Job) -> Path:
     return Path(out) / job.dataset.name / job.method.name
-
-
-def prepared_datamodule(job: Job) -> Any:
-    datamodule = job.dataset.instantiate(progress=False)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    return datamodule
-
-
-def links(datamodule: Any) -> dict[str, int]:
-    channels, height, _ = datamodule.image_shape
-    return {"image_size": height, "in_channels": channels}
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
@@ -122,8 +110,8 @@ class TrainingClock(pl.Callback):
 def train(job: Job, folder: Path, marks_min: list[float]) -> dict[str, Any]:
     """Train with the job's trainer profile minus epoch limits and early stopping, saving marked checkpoints."""
     pl.seed_everything(job.seed, workers=True)
-    datamodule = prepared_datamodule(job)
-    model = job.method.instantiate(**links(datamodule))
+    datamodule = prepared_datamodule(job, progress=False)
+    model = job.method.instantiate(**model_links(datamodule))
     if not model.requires_training:
         raise SystemExit(f"{job.method.name} does not train; use 'baseline' (or a readout of its upstream)")
     clock = TrainingClock([60.0 * m for m in marks_min], folder / "checkpoints")
@@ -182,8 +170,8 @@ def evaluate_checkpoints(job: Job, readouts: list[Job], folder: Path, study: dic
     study after each. ``label`` names a re-scoring of the method's own weights with other inference arguments
     (e.g. a longer latent search): its entries are ``<method>:<label>``."""
     pl.seed_everything(job.seed, workers=True)
-    datamodule = prepared_datamodule(job)
-    linked = links(datamodule)
+    datamodule = prepared_datamodule(job, progress=False)
+    linked = model_links(datamodule)
     evaluations = study.setdefault("evaluations", {})
     marks = study["training"]["checkpoints"]
     for mark in marks[-last:] if last else marks:
@@ -249,8 +237,8 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     folder = study_dir(Path(args.out), job)
     folder.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(job.seed, workers=True)
-    datamodule = prepared_datamodule(job)
-    model = job.method.instantiate(**links(datamodule))
+    datamodule = prepared_datamodule(job, progress=False)
+    model = job.method.instantiate(**model_links(datamodule))
     result = evaluate(model, job.method.name, datamodule, job.profile.trainer, folder)
     write_json(folder / STUDY_FILE, {"method": job.method.name, "dataset": job.dataset.name, "seed": job.seed,
                                      "baseline": True, "evaluations": {job.method.name: result}})

@@ -30,9 +30,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, float]:
         for key, value in node.items():
             if key not in SKIPPED:
                 out.update(flatten(value, f"{prefix}/{key}" if prefix else str(key)))
-    elif isinstance(node, bool):
-        pass
-    elif isinstance(node, int | float) or node is None:
+    elif node is None or (isinstance(node, int | float) and not isinstance(node, bool)):  # flags are not metrics
         out[prefix] = math.nan if node is None else float(node)
     return out
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.tiny_runs import run_ddp_script
+
 SCRIPT = Path(__file__).with_name("ddp_evaluation.py")
-REPO = SCRIPT.parent.parent
 
 
 def _leaves(tree, prefix=""):
@@ -28,10 +26,7 @@ def _leaves(tree, prefix=""):
 
 def _evaluate(tmp_path: Path, devices: int) -> dict:
     out = tmp_path / f"devices{devices}.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), str(tmp_path / "data")],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-4000:]
+    run_ddp_script(SCRIPT, out, devices, tmp_path / "data")
     return json.loads(out.read_text())
 
 

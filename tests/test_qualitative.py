@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +11,14 @@ import pytest
 from benchmark.cli import main
 from benchmark.naming import qualitative_arrays_name, qualitative_name
 from benchmark.qualitative import load_qualitative, select_slices
+from tests.tiny_runs import run_ddp_script
 
 SCRIPT = Path(__file__).with_name("ddp_qualitative.py")
-REPO = SCRIPT.parent.parent
 
 
 def _run(tmp_path: Path, devices: int) -> Path:
     run_dir = tmp_path / f"devices{devices}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.run([sys.executable, str(SCRIPT), str(run_dir), str(devices), str(tmp_path / "data")],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-4000:]
+    run_ddp_script(SCRIPT, run_dir, devices, tmp_path / "data")
     return run_dir / "figures"
 
 
