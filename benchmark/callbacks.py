@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -263,6 +264,29 @@ class FiniteLossGuard(pl.Callback):
             if isinstance(value, Tensor) and value.numel() and not bool(torch.isfinite(value.detach()).all()):
                 raise NonFiniteLossError(f"non-finite training {name} ({float(value.detach().float().mean())}) at "
                                          f"epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+
+class TrainingClock(pl.Callback):
+    """Training seconds over every attempt of a run: each checkpoint stores the time trained so far, and a run
+    resumed from it counts on from there, so a resumed job reports its whole training time (``run.train_time_s``),
+    not only its last attempt's."""
+
+    def __init__(self) -> None:
+        self.earlier = 0.0  # seconds of the attempts before this one (from the checkpoint resumed)
+        self._started: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds trained over all attempts until now."""
+        return self.earlier + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_seconds": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier = float(state_dict.get("train_seconds", 0.0))
 
 
 class RandomStateCheckpoint(pl.Callback):

@@ -42,6 +42,7 @@ from benchmark.callbacks import (
     FiniteLossGuard,
     ImageGridCallback,
     RandomStateCheckpoint,
+    TrainingClock,
     flatten_scalars,
 )
 from benchmark.config import ComponentConfig, ConfigError, TrainerProfile
@@ -184,7 +185,7 @@ def _build_trainer(
 ) -> tuple[pl.Trainer, EvaluationCallback]:
     evaluation = EvaluationCallback(job.method.name, job.evaluation)
     callbacks: list[pl.Callback] = [evaluation, ImageGridCallback(job.profile.image_grid_every_n_epochs),
-                                    FiniteLossGuard(), RandomStateCheckpoint(), LearningRateMonitor()]
+                                    FiniteLossGuard(), RandomStateCheckpoint(), TrainingClock(), LearningRateMonitor()]
     callbacks.append(NormativeCallback(evaluation, run_dir.parent.parent / FEATURE_CACHE,
                                        dataset_key(job.dataset.resolved()), job.evaluation.feature_extractor,
                                        job.evaluation.detection_min_fraction))  # after the evaluation: adds to it
@@ -321,18 +322,16 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     write_yaml(run_dir / "config.yaml", config)
     trainer, evaluation = _build_trainer(job, model, run_dir, progress)
 
-    train_time, test_ckpt, trained_images = 0.0, None, 0
+    train_time, earlier_attempts, test_ckpt, trained_images = 0.0, 0.0, None, 0
     if model.requires_training:
         last = run_dir / "checkpoints" / "last.ckpt"
-        resumed_from = trainer_step = 0
         if last.is_file():
             resumed_from = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
             print(f"[normbench] resuming {run_dir} from {last.name} (step {resumed_from})")
-        t0 = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
-        train_time = time.perf_counter() - t0
-        trainer_step = trainer.global_step - resumed_from
-        trained_images = trainer_step * datamodule.batch_size * trainer.world_size
+        clock = next(callback for callback in trainer.callbacks if isinstance(callback, TrainingClock))
+        train_time, earlier_attempts = clock.elapsed(), clock.earlier  # over every attempt of a resumed run
+        trained_images = trainer.global_step * datamodule.batch_size * trainer.world_size
         if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
             test_ckpt = trainer.checkpoint_callback.best_model_path
     t0 = time.perf_counter()
@@ -364,7 +363,7 @@ def run_job(job: Job, run_dir: Path, progress: bool = True) -> dict[str, Any]:
             "bootstrap": DEFAULT_RESAMPLING.describe(),  # pixel.ci95 / calibrated.<t>.dice_ci95 of every test set
         },
         "run": {
-            "wall_time_s": time.perf_counter() - started,
+            "wall_time_s": time.perf_counter() - started + earlier_attempts,
             "data_time_s": data_time,
             "train_time_s": train_time,
             "calibration_time_s": calibration_time,

@@ -5,6 +5,9 @@ whose output goes to ``<run dir>/job.log`` (appended to, so a resumed job keeps 
 with ``T`` torch threads (``threads_per_worker``, by default the CPU cores shared out: ``os.cpu_count() // N``,
 at least 1; also set as ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``). This process schedules and records:
 
+* each dataset of the unfinished jobs is generated or checked once (its ``prepare_data``) here, before any worker
+  starts, so that two workers never generate the same synthetic data at once (a failure is left to the jobs,
+  which report it);
 * jobs start in the sweep's order, at most N at a time; finished jobs are skipped as by the serial runner;
 * a job that evaluates another job's weights (``Job.upstream``) starts once its upstream has finished (an upstream
   that is not a job of the sweep runs once, first); when the upstream failed, the dependent is recorded as failed
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shlex
 import signal
@@ -202,6 +206,7 @@ def run_with_workers(sweep: Sweep, sweep_dir: Path, after_job: Callable[[Path], 
     """Run the sweep's unfinished jobs in up to ``backend.workers`` child processes at once (module docstring);
     return the outcome of every job of the sweep, in its order (failures recorded, not raised)."""
     schedule = Schedule(sweep, sweep_dir, after_job)
+    prepare_datasets(list(schedule.todo.values()))
     schedule.tracker.show(schedule.next_job())
     try:
         with sigterm_as_exit():
@@ -211,6 +216,24 @@ def run_with_workers(sweep: Sweep, sweep_dir: Path, after_job: Callable[[Path], 
         stop_workers(schedule.running)
         raise
     return [schedule.outcomes[job.run_dir(sweep_dir.parent, sweep.name)] for job in sweep.jobs]
+
+
+def prepare_datasets(jobs: list[Job]) -> None:
+    """Generate or check (``prepare_data``) each distinct dataset configuration of ``jobs`` once, in this process.
+    A dataset that fails here is left to its jobs, which fail with the error in their own records."""
+    seen: set[str] = set()
+    for job in jobs:
+        key = json.dumps({"name": job.dataset.name, **job.dataset.resolved()}, sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        print(f"[normbench] preparing {job.dataset.name} (generated or checked once, before the workers start)",
+              flush=True)
+        try:
+            job.dataset.instantiate(progress=False).prepare_data()
+        except Exception as error:  # reported by the jobs themselves, with their run folders
+            print(f"[normbench] preparing {job.dataset.name} failed ({type(error).__name__}); its jobs will report "
+                  "it", flush=True)
 
 
 class Schedule:

@@ -86,18 +86,23 @@ def test_finished_run_is_not_retrained_and_interrupted_run_resumes(configs, caps
     assert "is finished" in capsys.readouterr().out
     assert (run / "metrics.json").stat().st_mtime_ns == before
 
-    # an interrupted job (no metrics.json) continues from last.ckpt: two more epochs, not four
+    # a job interrupted after training (no metrics.json; its last.ckpt at the end of training) resumes there: nothing
+    # is trained again, the same weights are tested, and the training time counts the earlier attempt, which here
+    # trained "1000 s" (its checkpoint says so); mid-training resumes: tests/test_runner.py (killed sweep)
     first = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").unlink()
-    longer = configs["root"] / "tiny_cpu_4.yaml"
-    profile = yaml.safe_load(configs["trainer"].read_text())
-    profile["trainer"]["max_epochs"] = 4
-    longer.write_text(yaml.safe_dump(profile))
-    assert main(["run", "--method", "ae", "--dataset", str(configs["dataset"]), "--trainer", str(longer),
-                 "--results-dir", str(configs["results"]), "--quiet"]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert 0 < checkpoint["callbacks"]["TrainingClock"]["train_seconds"] <= first["run"]["train_time_s"]
+    checkpoint["callbacks"]["TrainingClock"]["train_seconds"] = 1000.0
+    torch.save(checkpoint, last)
+    assert _run(configs, "ae") == 0
+    assert f"resuming {run} from last.ckpt" in capsys.readouterr().out
     resumed = json.loads((run / "metrics.json").read_text())
-    assert resumed["run"]["epochs"] == 4
-    assert resumed["run"]["global_steps"] == 2 * first["run"]["global_steps"]
+    assert resumed["run"]["global_steps"] == first["run"]["global_steps"]
+    assert resumed["test_sets"]["tumor"]["pixel"] == first["test_sets"]["tumor"]["pixel"]
+    assert 1000.0 < resumed["run"]["train_time_s"] < 1000.0 + 10 * first["run"]["train_time_s"]
+    assert resumed["run"]["wall_time_s"] > resumed["run"]["train_time_s"]
 
 
 def test_baselines_through_the_default_command(configs, capsys):

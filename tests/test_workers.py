@@ -179,6 +179,34 @@ def test_scheduling_upstreams_failures_and_rerun(setup, fake_jobs, capsys):
     assert sorted(method for kind, method, _ in _events(fake_jobs) if kind == "start") == ["exploding", "nan_ae"]
 
 
+def test_each_dataset_is_prepared_once_before_the_workers_start(setup, fake_jobs, monkeypatch, capsys):
+    """Two workers must not generate the same synthetic data at once: the runner prepares each distinct dataset
+    configuration once, itself; a dataset that fails to prepare is left to its jobs (the sweep goes on)."""
+    from datamodules.synthetic_brain import SyntheticBrainDataModule
+
+    prepared: list[str] = []
+
+    def prepare(datamodule) -> None:
+        prepared.append(str(datamodule.data_root))
+        if "broken" in str(datamodule.data_root):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(SyntheticBrainDataModule, "prepare_data", prepare)
+    spec = yaml.safe_load(setup["dataset"].read_text())
+    spec["init_args"]["data_root"] = str(setup["configs"] / "broken_data")
+    broken = setup["configs"] / "broken_brain.yaml"
+    broken.write_text(yaml.safe_dump(spec))
+    path = _sweep(setup, "prepared", ["random", "intensity"])
+    sweep = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**sweep, "datasets": [str(setup["dataset"]), str(broken)]}))
+    outcomes = run_sweep(load_sweep(str(path), ["backend.workers=2"]), setup["configs"] / "prepared_results",
+                         progress=False)
+    assert [o.status for o in outcomes] == ["completed"] * 4  # the (fake) jobs ran on both datasets
+    assert sorted(prepared) == sorted([spec["init_args"]["data_root"],
+                                       yaml.safe_load(setup["dataset"].read_text())["init_args"]["data_root"]])
+    assert "preparing broken_brain failed (OSError); its jobs will report it" in capsys.readouterr().out
+
+
 def test_an_interrupted_runner_stops_its_workers(setup, fake_jobs):
     results = setup["configs"] / "interrupted"
     sweep = load_sweep(str(_sweep(setup, "interrupted", ["slow", "exploding"])), ["backend.workers=2"])
