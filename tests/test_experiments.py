@@ -99,3 +99,34 @@ def test_oracle_restoration_is_the_subjects_own_scanner_without_noise() -> None:
     residual = (healthy.image - restored)[brain]
     assert abs(float(residual.mean())) < 0.01 and float(residual.std()) < spec.noise_std_range[1] * 1.5
     assert oracle_residual.oracle(spec, "stroke", 1)["auroc"] > 0.95
+
+
+def test_learning_bar_takes_each_methods_best_tumour_variant_and_applies_the_bar(tmp_path: Path) -> None:
+    import pandas as pd
+
+    bar = _load("learning_bar")
+
+    def row(method: str, test_set: str, auroc: float, beats: str = "true") -> dict:
+        return {"method": method, "dataset": "brain", "test_set": test_set, "status": "completed", "n_seeds": 3,
+                "pixel/auroc:mean": auroc, "pixel/auroc:ci_low": auroc - 0.05, "pixel/auroc:ci_high": auroc + 0.05,
+                "pixel/auprc:mean": auroc / 10, "beats_random": beats}
+
+    board = pd.DataFrame([
+        row("random", "tumor", 0.50, "n.a."), row("random", "stroke", 0.50, "n.a."),
+        row("vae[rec]", "tumor", 0.60), row("vae[grad]", "tumor", 0.70), row("vae[rec]", "stroke", 0.95),
+        row("vae[grad]", "stroke", 0.72),  # the stroke value of the tumour-best variant counts, not the best one
+        row("ae", "tumor", 0.66, "false"), row("ae", "stroke", 0.80),
+        row("gan", "tumor", 0.64), row("gan", "stroke", 0.76),
+        {**row("other", "tumor", 0.99), "dataset": "digits"}])
+    rows = bar.bar_rows(board, "brain")
+    assert rows["entry"].tolist() == ["vae[grad]", "ae", "gan"]  # random excluded, other dataset ignored
+    assert rows["learns"].tolist() == [True, False, False]  # ae: AUROC above the bar but not beating random
+    assert rows["strong"].tolist() == [False, True, True]
+    assert rows["stroke AUROC"].tolist() == [0.72, 0.80, 0.76]
+    assert "| vae | `vae[grad]` | 3 | 0.700 [0.650, 0.750] | 0.0700 | true | 0.720 | yes | no |" in bar.markdown(rows)
+
+    path = tmp_path / "leaderboard.csv"
+    board.to_csv(path, index=False)
+    assert bar.main([str(path), "--dataset", "brain"]) == 0
+    assert bar.main([str(tmp_path / "missing.csv")]) == 2
+    assert bar.main([str(path), "--dataset", "nowhere"]) == 2
