@@ -8,7 +8,9 @@ at least 1; also set as ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``). This process
 * each dataset of the unfinished jobs is generated or checked once (its ``prepare_data``) here, before any worker
   starts, so that two workers never generate the same synthetic data at once (a failure is left to the jobs,
   which report it);
-* jobs start in the sweep's order, at most N at a time; finished jobs are skipped as by the serial runner;
+* jobs start at most N at a time: first those whose weights other jobs evaluate (so that a chain such as AnoDDPM
+  then AutoDDPM does not run alone at the end), then in the sweep's order; finished jobs are skipped as by the
+  serial runner;
 * a job that evaluates another job's weights (``Job.upstream``) starts once its upstream has finished (an upstream
   that is not a job of the sweep runs once, first); when the upstream failed, the dependent is recorded as failed
   without running;
@@ -245,7 +247,10 @@ class Schedule:
         self.workers, self.threads = sweep.backend["workers"], worker_threads(sweep.backend)
         self.members = {job.run_dir(sweep_dir.parent, sweep.name) for job in sweep.jobs}
         self.tracker = SweepProgress(len(sweep.jobs), parallel=self.workers)
-        self.outcomes, self.todo = unfinished_jobs(sweep, sweep_dir)  # each upstream before its dependents
+        self.outcomes, todo = unfinished_jobs(sweep, sweep_dir)  # each upstream before its dependents
+        upstreams = {upstream_run_dir(run_dir, job) for run_dir, job in todo.items() if job.upstream is not None}
+        # jobs whose weights others wait for first (the longest chains), then the sweep's order
+        self.todo = dict(sorted(todo.items(), key=lambda item: item[0] not in upstreams))
         for run_dir, outcome in self.outcomes.items():
             if run_dir in self.members:
                 self.tracker.update(outcome)
