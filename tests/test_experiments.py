@@ -130,3 +130,25 @@ def test_learning_bar_takes_each_methods_best_tumour_variant_and_applies_the_bar
     assert bar.main([str(path), "--dataset", "brain"]) == 0
     assert bar.main([str(tmp_path / "missing.csv")]) == 2
     assert bar.main([str(path), "--dataset", "nowhere"]) == 2
+
+
+def test_export_reference_keeps_results_and_linked_figures_not_checkpoints(tmp_path: Path) -> None:
+    export = _load("export_reference")
+    sweep = tmp_path / "sweep"
+    run = sweep / "runs" / "brain" / "ae" / "seed_0"
+    for path in (run / "checkpoints" / "last.ckpt", run / "figures" / "samples.png", run / "figures" / "grid.png",
+                 run / "metrics.json", run / "subject_counts.npz", run / "job.json", run / "tensorboard" / "events",
+                 sweep / "figures" / "forest.png", sweep / "leaderboard.csv"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(path.name)
+    (sweep / "report.md").write_text("![a](figures/forest.png) ![b](runs/brain/ae/seed_0/figures/samples.png) "
+                                     "[web](https://example.org/x.png) [gone](figures/missing.png)")
+    destination = tmp_path / "reference"
+    (destination / "stale").mkdir(parents=True)
+    assert export.main([str(sweep), str(destination)]) == 0
+    kept = sorted(str(path.relative_to(destination)) for path in destination.rglob("*") if path.is_file())
+    assert kept == ["figures/forest.png", "leaderboard.csv", "report.md", "runs/brain/ae/seed_0/figures/samples.png",
+                    "runs/brain/ae/seed_0/job.json", "runs/brain/ae/seed_0/metrics.json",
+                    "runs/brain/ae/seed_0/subject_counts.npz"]
+    (sweep / "report.md").unlink()
+    assert export.main([str(sweep), str(tmp_path / "other")]) == 2
