@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import shlex
 import signal
@@ -48,6 +47,7 @@ from rich.markup import escape
 
 from benchmark.io import read_json
 from benchmark.job import Job, describe_job, upstream_run_dir
+from benchmark.normative import dataset_key
 from benchmark.scheduling import (
     JobOutcome,
     SweepProgress,
@@ -225,7 +225,7 @@ def prepare_datasets(jobs: list[Job]) -> None:
     A dataset that fails here is left to its jobs, which fail with the error in their own records."""
     seen: set[str] = set()
     for job in jobs:
-        key = json.dumps({"name": job.dataset.name, **job.dataset.resolved()}, sort_keys=True, default=str)
+        key = dataset_key(job.dataset.resolved())
         if key in seen:
             continue
         seen.add(key)

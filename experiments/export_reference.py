@@ -35,7 +35,7 @@ def export(sweep: Path, destination: Path) -> list[Path]:
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
-    wanted = {name for name in SWEEP_FILES} | linked_files(sweep / "report.md")
+    wanted = set(SWEEP_FILES) | linked_files(sweep / "report.md")
     for run in sorted(sweep.glob("runs/*/*/seed_*")):
         wanted |= {str(path.relative_to(sweep)) for name in RUN_FILES if (path := run / name).is_file()}
     if (sweep / "figures").is_dir():

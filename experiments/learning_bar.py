@@ -45,17 +45,16 @@ def bar_rows(board: pd.DataFrame, dataset: str, test_set: str = "tumor", other: 
     return out.reset_index(drop=True)
 
 
-def markdown(rows: pd.DataFrame) -> str:
-    """The rows as a markdown table (AUROC with its interval; yes / no verdicts)."""
-    test_set, other = rows.columns[3].split()[0], rows.columns[8].split()[0]
+def markdown(rows: pd.DataFrame, test_set: str = "tumor", other: str = "stroke") -> str:
+    """The rows of :func:`bar_rows` as a markdown table (AUROC with its interval; yes / no verdicts)."""
     lines = [f"| method | entry | seeds | {test_set} AUROC [95 % CI] | {test_set} AUPRC | beats random | "
              f"{other} AUROC | AUROC >= {LEARNS_AUROC} and beats random | {test_set} or {other} >= {STRONG_AUROC} |",
              "| --- | --- | ---: | --- | ---: | --- | ---: | --- | --- |"]
-    for row in rows.itertuples(index=False):
-        values = list(row)
-        lines.append(f"| {values[0]} | `{values[1]}` | {values[2]} | {values[3]:.3f} [{values[4]:.3f}, "
-                     f"{values[5]:.3f}] | {values[6]:.4f} | {values[7]} | {values[8]:.3f} | "
-                     f"{'yes' if values[9] else 'no'} | {'yes' if values[10] else 'no'} |")
+    for _, row in rows.iterrows():
+        lines.append(f"| {row['method']} | `{row['entry']}` | {row['seeds']} | {row[f'{test_set} AUROC']:.3f} "
+                     f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}] | {row[f'{test_set} AUPRC']:.4f} | "
+                     f"{row['beats_random']} | {row[f'{other} AUROC']:.3f} | {'yes' if row['learns'] else 'no'} | "
+                     f"{'yes' if row['strong'] else 'no'} |")
     return "\n".join(lines)
 
 
